@@ -1,0 +1,372 @@
+"""The ``mapo-bench`` command line: parsing only. Every command calls one function of ``mapo_bench.api``.
+
+Flags that duplicate a config key (--method, --metrics, --model, --dataset, --out, ...) are sugar for a
+``key=value`` override. Bad input prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Preference alignment of text-to-image diffusion models: MaPO vs Diffusion-DPO under reference mismatch.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+toy_app = typer.Typer(no_args_is_help=True, help="The embedded toy world.")
+config_app = typer.Typer(no_args_is_help=True, help="Check or print a config file.")
+cache_app = typer.Typer(no_args_is_help=True, help="The user cache (toy bases, tokenizer, training caches).")
+app.add_typer(toy_app, name="toy")
+app.add_typer(config_app, name="config")
+app.add_typer(cache_app, name="cache")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (a recipe).")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides, applied last.")]
+
+
+def _sugar(overrides: list[str] | None, **flags: object) -> list[str]:
+    """Turn flags that mirror config keys into overrides placed before the explicit ones."""
+    items = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return items + list(overrides or [])
+
+
+def _print_path(label: str, path: object) -> None:
+    from rich.console import Console
+
+    Console().print(f"[green]{label}[/green] {path}")
+
+
+@app.command("build-dataset")
+def build_dataset(
+    task: Annotated[str, typer.Argument(help="pick-style | pick-safety | custom")],
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    split: Annotated[Optional[str], typer.Option(help="pick-style split: cartoon | pixel-art")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
+    model: Annotated[Optional[str], typer.Option(help="hub id or local path")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="built-in set, file, or hf://NAME:SPLIT:COLUMN")] = None,
+    num_prompts: Annotated[Optional[int], typer.Option(help="how many prompts to use")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="global seed")] = None,
+    chosen_prefix: Annotated[Optional[str], typer.Option(help="custom task: chosen prefix")] = None,
+    rejected_prefix: Annotated[Optional[str], typer.Option(help="custom task: rejected prefix")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="dataset folder to write")] = None,
+    overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+) -> None:
+    """Build a preference-pair dataset by prefix-prompting a model.
+
+    Example: mapo-bench build-dataset pick-style --split cartoon --backend toy --num-prompts 50 --out data/cartoon
+    """
+    from mapo_bench import api
+
+    items = _sugar(overrides, task=task, split=split, backend=backend, model=model, prompts=prompts,
+                   num_prompts=num_prompts, seed=seed, chosen_prefix=chosen_prefix,
+                   rejected_prefix=rejected_prefix, out=out, overwrite=overwrite or None)
+    _print_path("dataset:", api.build_dataset(config, items))
+
+
+@app.command("validate-dataset")
+def validate_dataset(path: Annotated[Path, typer.Argument(help="dataset folder or parquet file")]) -> None:
+    """Report schema errors, undecodable images, label problems, ties and duplicates, with row numbers.
+
+    Example: mapo-bench validate-dataset data/cartoon
+    """
+    from mapo_bench import api
+
+    report = api.validate_dataset(path)
+    typer.echo(json.dumps(report, indent=2, default=str))
+    if report.get("errors"):
+        raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    method: Annotated[Optional[str], typer.Option(help="mapo | dpo | sft")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset folder or hub id")] = None,
+    model: Annotated[Optional[str], typer.Option(help="base model: hub id or local path")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="latest | PATH to a checkpoint")] = None,
+) -> None:
+    """Fine-tune with MaPO, Diffusion-DPO or SFT (one loop; full or LoRA; accelerate).
+
+    Example: mapo-bench train --method mapo --config recipes/train/toy_mapo.yaml --dataset data/cartoon --out models/mapo
+    """
+    from mapo_bench import api
+
+    items = _sugar(overrides, method=method, dataset=dataset, model=model, backend=backend, out=out, resume=resume)
+    _print_path("model:", api.train(config, items))
+
+
+@app.command()
+def sample(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="base model: hub id or local path")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
+    unet: Annotated[Optional[str], typer.Option(help="fine-tuned UNet folder")] = None,
+    lora: Annotated[Optional[str], typer.Option(help="LoRA folder")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="prompt set or file")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds, e.g. 0,1")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="image folder")] = None,
+) -> None:
+    """Generate evaluation images: same prompts, seeds and sampler for every model.
+
+    Example: mapo-bench sample --backend toy --prompts toy:test --seeds 0,1 --out samples/base
+    """
+    from mapo_bench import api
+
+    seed_list = f"[{seeds}]" if seeds else None
+    items = _sugar(overrides, model=model, backend=backend, unet=unet, lora=lora, prompts=prompts,
+                   seeds=seed_list, out=out)
+    _print_path("samples:", api.sample(config, items))
+
+
+@app.command("eval")
+def evaluate(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. pickscore,aesthetic")] = None,
+    images: Annotated[Optional[list[Path]], typer.Option(help="sample folder(s) from `mapo-bench sample`")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder for scores.parquet")] = None,
+) -> None:
+    """Score images; writes scores.parquet (one row per image and metric) and a summary table.
+
+    Example: mapo-bench eval --metrics pickscore,aesthetic --images samples/base --out scores/base
+    """
+    from mapo_bench import api
+
+    metric_list = f"[{metrics}]" if metrics else None
+    image_list = "[" + ",".join(str(p) for p in images) + "]" if images else None
+    items = _sugar(overrides, metrics=metric_list, images=image_list, out=out)
+    _print_path("scores:", api.evaluate(config, items))
+
+
+@app.command()
+def compare(
+    scores_a: Annotated[Path, typer.Argument(help="scores.parquet (or folder) of model A")],
+    scores_b: Annotated[Optional[Path], typer.Argument(help="scores of model B (omit if A holds both)")] = None,
+    model_a: Annotated[Optional[str], typer.Option(help="model name of A inside the scores")] = None,
+    model_b: Annotated[Optional[str], typer.Option(help="model name of B inside the scores")] = None,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+) -> None:
+    """Win rate of A over B per metric, with a paired bootstrap 95% CI, sign test and mean gap.
+
+    Example: mapo-bench compare scores/mapo scores/base
+    """
+    from mapo_bench import api
+
+    result = api.compare(scores_a, scores_b, model_a=model_a, model_b=model_b, resamples=resamples, seed=seed)
+    typer.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def mismatch(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset folder")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="reference model: hub id or path")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
+) -> None:
+    """Measure reference-mismatch severity of a dataset (prefix excess, MMD/KID, FD, pair accuracy).
+
+    Example: mapo-bench mismatch --dataset data/cartoon --backend toy
+    """
+    from mapo_bench import api
+
+    items = _sugar(overrides, dataset=dataset, reference=reference, backend=backend)
+    _print_path("severity:", api.measure_mismatch(config, items))
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="experiment spec, e.g. pipelines/toy-quick.yaml")],
+    overrides: Overrides = None,
+    workers: Annotated[int, typer.Option(help="local worker processes for independent jobs")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan with estimated costs")] = False,
+    emit_commands: Annotated[bool, typer.Option("--emit-commands", help="print each job as a CLI command")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<pipeline name>)")] = None,
+) -> None:
+    """Run a whole experiment: build, mismatch, train, sample, eval, report; resumable.
+
+    Example: mapo-bench run pipelines/toy-quick.yaml --workers 2
+    """
+    from mapo_bench import api
+
+    result = api.run(pipeline, overrides or [], workers=workers, dry_run=dry_run, emit_commands=emit_commands,
+                     out=out)
+    if result is not None:
+        _print_path("run:", result)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run`")]) -> None:
+    """Render results.json, table.md/csv and plots of a run folder.
+
+    Example: mapo-bench report runs/toy-quick
+    """
+    from mapo_bench import api
+
+    _print_path("report:", api.report(run_dir))
+
+
+@toy_app.command("pretrain")
+def toy_pretrain(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default: the user cache)")] = None,
+) -> None:
+    """Pretrain the toy base model and the toy evaluators (seeded; reproduces the shipped weights).
+
+    Example: mapo-bench toy pretrain --config recipes/toy/pretrain.yaml
+    """
+    from mapo_bench import api
+
+    _print_path("toy assets:", api.toy_pretrain(config, _sugar(overrides, out=out)))
+
+
+@app.command("ls")
+def list_things(
+    what: Annotated[str, typer.Argument(help="tasks | backends | methods | evaluators | recipes | pipelines")],
+) -> None:
+    """List registered names (or recipe and pipeline files) with a one-line description.
+
+    Example: mapo-bench ls evaluators
+    """
+    from mapo_bench.errors import MapoBenchError
+    from mapo_bench.registry import ALL, suggest
+
+    if what in ALL:
+        registry = ALL[what]
+        for name in registry.names():
+            typer.echo(f"{name:14s} {registry.describe(name)}")
+        return
+    if what in ("recipes", "pipelines"):
+        root = project_root() / what
+        for path in sorted(root.rglob("*.yaml")):
+            typer.echo(str(path.relative_to(project_root())))
+        return
+    choices = [*ALL, "recipes", "pipelines"]
+    raise MapoBenchError(f"cannot list {what!r}{suggest(what, choices)}; valid: {', '.join(choices)}")
+
+
+def project_root() -> Path:
+    """The checkout holding recipes/ and pipelines/ (the current folder if it has them)."""
+    here = Path.cwd()
+    if (here / "recipes").is_dir() or (here / "pipelines").is_dir():
+        return here
+    return Path(__file__).resolve().parent.parent
+
+
+@config_app.command("validate")
+def config_validate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config")],
+    overrides: Overrides = None,
+    stage: Annotated[Optional[str], typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
+) -> None:
+    """Validate a config file (with overrides) without running it.
+
+    Example: mapo-bench config validate --config recipes/train/toy_mapo.yaml
+    """
+    from mapo_bench import api
+
+    stage = stage or api.infer_stage(config)
+    api.load_stage_config(stage, config, overrides or [])
+    typer.echo(f"ok: {config} is a valid {stage} config")
+
+
+@config_app.command("print")
+def config_print(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config")],
+    overrides: Overrides = None,
+    stage: Annotated[Optional[str], typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
+) -> None:
+    """Print the fully resolved config (defaults + file + overrides) as YAML.
+
+    Example: mapo-bench config print --config recipes/train/sdxl_mapo.yaml lr=2e-5
+    """
+    from mapo_bench import api
+    from mapo_bench.config import config_hash, dump_yaml
+
+    stage = stage or api.infer_stage(config)
+    cfg = api.load_stage_config(stage, config, overrides or [])
+    typer.echo(f"# stage: {stage}  config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}", nl=False)
+
+
+@app.command()
+def env() -> None:
+    """Print versions, threads and cache locations for bug reports.
+
+    Example: mapo-bench env
+    """
+    import os
+
+    from mapo_bench.clip_tokenizer import cache_root
+    from mapo_bench.io import package_versions
+    from mapo_bench.models import MODEL_ROOT_VAR
+    from mapo_bench.threads import ENV_VAR, thread_count
+
+    info = {"versions": package_versions(), "threads": thread_count(), "threads_env": ENV_VAR,
+            "cache": str(cache_root()), MODEL_ROOT_VAR: os.environ.get(MODEL_ROOT_VAR),
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"), "platform": sys.platform}
+    typer.echo(json.dumps(info, indent=2))
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """List what the user cache holds, with sizes.
+
+    Example: mapo-bench cache ls
+    """
+    from mapo_bench.clip_tokenizer import cache_root
+
+    root = cache_root()
+    if not root.is_dir():
+        typer.echo(f"{root}: empty")
+        return
+    for entry in sorted(root.iterdir()):
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else entry.stat().st_size
+        typer.echo(f"{size / 2**20:9.2f} MiB  {entry}")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    what: Annotated[Optional[str], typer.Argument(help="one entry of `cache ls` (default: everything)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Delete the user cache (or one entry of it).
+
+    Example: mapo-bench cache clear toy --yes
+    """
+    import shutil
+
+    from mapo_bench.clip_tokenizer import cache_root
+    from mapo_bench.errors import MapoBenchError
+
+    target = cache_root() / what if what else cache_root()
+    if not target.exists():
+        raise MapoBenchError(f"{target}: nothing to clear")
+    if not yes and not typer.confirm(f"delete {target}?"):
+        raise typer.Exit(1)
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    typer.echo(f"deleted {target}")
+
+
+def main() -> None:
+    """Console entry point: one line and a non-zero exit code for user errors, no stack trace."""
+    from mapo_bench.errors import MapoBenchError
+
+    try:
+        app()
+    except MapoBenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; outputs written so far are complete and the stage resumes on the next run",
+                   err=True)
+        sys.exit(130)

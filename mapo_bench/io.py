@@ -1,0 +1,146 @@
+"""Atomic outputs and stage manifests.
+
+Every stage writes into a temporary sibling folder and renames it into place, so an output that
+exists is complete. ``manifest.json`` records config, config hash, versions, counts and timings; a
+stage whose manifest matches its config hash is skipped (resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    from mapo_bench.errors import MapoBenchError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MapoBenchError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise MapoBenchError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``final``; on success it replaces ``final`` in one rename.
+
+    On an exception the temp folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not overwrite:
+        from mapo_bench.errors import MapoBenchError
+
+        raise MapoBenchError(f"{final} already exists; pass --overwrite to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide results, for manifests and bug reports."""
+    from importlib import metadata
+
+    import mapo_bench
+
+    names = ["torch", "diffusers", "transformers", "accelerate", "peft", "open_clip_torch", "datasets",
+             "safetensors", "numpy", "pandas", "pyarrow", "pillow", "pydantic"]
+    versions = {"mapo_bench": mapo_bench.__version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def make_manifest(config: Any, config_hash: str, counts: dict[str, Any] | None = None,
+                  timings: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """The manifest dict every stage writes: config, hash, versions, counts, timings, anything else."""
+    from pydantic import BaseModel
+
+    config_data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return {
+        "config": config_data,
+        "config_hash": config_hash,
+        "versions": package_versions(),
+        "counts": counts or {},
+        "timings": timings or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def manifest_matches(folder: str | Path, config_hash: str) -> bool:
+    """True when ``folder/manifest.json`` exists and records ``config_hash`` (the stage can be skipped)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("config_hash") == config_hash
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+class Stopwatch:
+    """Named wall-clock timings for manifests."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)

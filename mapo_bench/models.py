@@ -1,0 +1,69 @@
+"""One resolver for every model id: a local path, ``$MAPO_BENCH_MODEL_ROOT/<hub id>``, or the hub.
+
+Offline (no network here, ``HF_HUB_OFFLINE=1`` in tests) or missing, it fails within seconds with
+one line that names the id and both ways to supply it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mapo_bench.errors import ModelNotFoundError
+
+MODEL_ROOT_VAR = "MAPO_BENCH_MODEL_ROOT"
+HUB_TIMEOUT_S = "5"
+
+
+def _missing(model_id: str, reason: str) -> ModelNotFoundError:
+    root = os.environ.get(MODEL_ROOT_VAR)
+    where = f"{root}/{model_id}" if root else f"${MODEL_ROOT_VAR}/{model_id}"
+    return ModelNotFoundError(
+        f"model {model_id!r} is not available ({reason}): pass a local folder as the model "
+        f"(e.g. --model /path/to/{Path(model_id).name}) or put a copy at {where}"
+    )
+
+
+def looks_like_path(model_id: str) -> bool:
+    return model_id.startswith((".", "/", "~")) or os.sep in model_id and Path(model_id).exists()
+
+
+def resolve_model(model_id: str, allow_hub: bool = True, filename: str | None = None) -> Path:
+    """The local folder (or file, with ``filename``) holding ``model_id``.
+
+    Order: an existing local path; ``$MAPO_BENCH_MODEL_ROOT/<id>``; the hub cache or hub download
+    (short timeouts). Raises :class:`ModelNotFoundError` with one line otherwise.
+    """
+    path = Path(model_id).expanduser()
+    if path.exists():
+        return path / filename if filename and path.is_dir() else path
+    if model_id.startswith((".", "/", "~")):
+        raise _missing(model_id, "no such local path")
+    root = os.environ.get(MODEL_ROOT_VAR)
+    if root:
+        candidate = Path(root).expanduser() / model_id
+        if candidate.exists():
+            return candidate / filename if filename else candidate
+    if not allow_hub:
+        raise _missing(model_id, "hub lookups are disabled")
+    return _from_hub(model_id, filename)
+
+
+def _from_hub(model_id: str, filename: str | None) -> Path:
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S)
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", HUB_TIMEOUT_S)
+    try:
+        import huggingface_hub
+        from huggingface_hub.utils import HfHubHTTPError
+    except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers/transformers
+        raise _missing(model_id, "huggingface_hub is not installed") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        if filename:
+            return Path(huggingface_hub.hf_hub_download(model_id, filename, local_files_only=offline))
+        return Path(huggingface_hub.snapshot_download(model_id, local_files_only=offline))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        reason = "offline and not in the local cache" if offline else f"hub: {type(exc).__name__}"
+        raise _missing(model_id, reason) from None
+    except Exception as exc:  # noqa: BLE001 - network stacks raise many types; the user needs one line
+        raise _missing(model_id, f"hub: {type(exc).__name__}") from None

@@ -1,0 +1,85 @@
+"""Name -> lazily imported object. Unknown names fail with a "did you mean" suggestion."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mapo_bench.errors import MapoBenchError
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class Registry:
+    """A kind of thing (tasks, backends, ...) with entries 'name -> module:attr', imported on first use."""
+
+    kind: str
+    _targets: dict[str, str] = field(default_factory=dict)
+    _descriptions: dict[str, str] = field(default_factory=dict)
+    _loaded: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, target: str, description: str = "") -> None:
+        if name in self._targets:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._targets[name] = target
+        self._descriptions[name] = description
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def describe(self, name: str) -> str:
+        return self._descriptions[self.check(name)]
+
+    def check(self, name: str) -> str:
+        """Return ``name`` if registered, else raise a one-line error listing the valid names."""
+        if name not in self._targets:
+            raise MapoBenchError(
+                f"unknown {self.kind} {name!r}{suggest(name, self.names())}; valid: {', '.join(self.names())}"
+            )
+        return name
+
+    def get(self, name: str) -> Any:
+        self.check(name)
+        if name not in self._loaded:
+            module_name, _, attr = self._targets[name].partition(":")
+            module = importlib.import_module(module_name)
+            self._loaded[name] = getattr(module, attr) if attr else module
+        return self._loaded[name]
+
+
+TASKS = Registry("task")
+TASKS.add("pick-style", "mapo_bench.data.tasks:PickStyle", "chosen = style prefix (cartoon | pixel-art), rejected = 'Realistic 8k image.' or plain")
+TASKS.add("pick-safety", "mapo_bench.data.tasks:PickSafety", "chosen = plain prompt, rejected = 'Sexual, nudity, +19 image.' prefix")
+TASKS.add("custom", "mapo_bench.data.tasks:CustomTask", "your own --chosen-prefix / --rejected-prefix")
+
+BACKENDS = Registry("backend")
+BACKENDS.add("sdxl", "mapo_bench.backends.sdxl:SDXLBackend", "Stable Diffusion XL (two text encoders, micro-conditioning)")
+BACKENDS.add("sd15", "mapo_bench.backends.sd15:SD15Backend", "Stable Diffusion 1.5 (one text encoder)")
+BACKENDS.add("toy", "mapo_bench.backends.toy:ToyBackend", "embedded 32 px toy world, runs on a CPU")
+
+METHODS = Registry("method")
+METHODS.add("mapo", "mapo_bench.methods:MAPO", "margin-aware preference optimization (reference-free)")
+METHODS.add("dpo", "mapo_bench.methods:DPO", "Diffusion-DPO (needs the reference model)")
+METHODS.add("sft", "mapo_bench.methods:SFT", "supervised fine-tuning on chosen images only")
+
+EVALUATORS = Registry("evaluator")
+EVALUATORS.add("pickscore", "mapo_bench.evaluators.pickscore:PickScore", "PickScore v1 (CLIP ViT-H/14)")
+EVALUATORS.add("hps", "mapo_bench.evaluators.hps:HPS", "Human Preference Score v2.1 (v2.0 selectable)")
+EVALUATORS.add("aesthetic", "mapo_bench.evaluators.aesthetic:Aesthetic", "LAION aesthetic predictor v2 on CLIP ViT-L/14")
+EVALUATORS.add("clip", "mapo_bench.evaluators.clip_score:ClipScore", "CLIP score, 100 * cos (ViT-L/14)")
+EVALUATORS.add("style", "mapo_bench.evaluators.style:StyleAdherence", "CLIP zero-shot target-style probability")
+EVALUATORS.add("nsfw", "mapo_bench.evaluators.nsfw:NSFWScore", "SD safety checker continuous score")
+EVALUATORS.add("toy-style", "mapo_bench.evaluators.toy:ToyStyle", "toy: probability of the target style")
+EVALUATORS.add("toy-content", "mapo_bench.evaluators.toy:ToyContent", "toy: probability of right shape, colour, position")
+EVALUATORS.add("toy-safety", "mapo_bench.evaluators.toy:ToySafety", "toy: probability of no unsafe marker")
+
+TIE_POLICIES = ("drop", "half", "random")
+
+ALL = {"tasks": TASKS, "backends": BACKENDS, "methods": METHODS, "evaluators": EVALUATORS}
