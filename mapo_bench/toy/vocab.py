@@ -1,0 +1,102 @@
+"""The toy world's language: captions, style prefixes, blend levels and the unsafe marker.
+
+Every toy stage (renderer, pretraining, tasks, evaluators) parses and writes captions through this
+module, so the grammar has one spelling:
+
+- plain caption: ``a small red circle on the left``
+- style prefix: ``cartoon style: a small red circle on the left``
+- blend toward a style (severity dial, 0 < alpha < 1): ``cartoon style 0.5: a small red circle on the left``
+- unsafe marker (Pick-Safety analogue): ``unsafe: a small red circle on the left``
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+POSITIONS = ("left", "right")
+SIZES = ("small", "large")
+
+BASE_STYLE = "photo"
+# Target styles in increasing distance from the base style (TOY_NOTES.md: measured prefix excess order).
+TARGET_STYLES = ("soft", "pixel", "cartoon", "neon")
+STYLES = (BASE_STYLE, *TARGET_STYLES)
+BLEND_LEVELS = (0.25, 0.5, 0.75, 1.0)
+UNSAFE_PREFIX = "unsafe: "
+
+_PREFIX_RE = re.compile(r"^(?:(?P<style>[a-z]+) style(?: (?P<alpha>[0-9.]+))?: |(?P<unsafe>unsafe): )")
+_CAPTION_RE = re.compile(r"^a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) on the (?P<position>\w+)$")
+
+
+@dataclass(frozen=True)
+class ToyCaption:
+    """A parsed toy caption: content attributes plus the requested style, blend level and marker."""
+
+    shape: str
+    colour: str
+    position: str
+    size: str
+    style: str | None = None  # None: plain caption (the base model decides; mostly the base style)
+    alpha: float = 1.0
+    unsafe: bool = False
+
+    @property
+    def plain(self) -> str:
+        return f"a {self.size} {self.colour} {self.shape} on the {self.position}"
+
+
+def style_prefix(style: str, alpha: float = 1.0) -> str:
+    """``cartoon style: `` (alpha 1) or ``cartoon style 0.5: `` (a blend of the base toward ``style``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown toy style {style!r}; valid: {', '.join(STYLES)}")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"blend level must be in (0, 1], got {alpha}")
+    return f"{style} style: " if alpha >= 1.0 else f"{style} style {alpha:g}: "
+
+
+def parse_caption(text: str) -> ToyCaption:
+    """Parse any caption of the grammar above; raises ValueError naming the caption otherwise."""
+    text = text.strip()
+    style, alpha, unsafe = None, 1.0, False
+    while True:
+        match = _PREFIX_RE.match(text)
+        if not match:
+            break
+        if match.group("unsafe"):
+            unsafe = True
+        else:
+            style = match.group("style")
+            alpha = float(match.group("alpha") or 1.0)
+        text = text[match.end():]
+    content = _CAPTION_RE.match(text)
+    if not content or style not in (None, *STYLES):
+        raise ValueError(f"not a toy caption: {text!r} (expected e.g. 'cartoon style: a small red circle on the left')")
+    attrs = content.groupdict()
+    for key, allowed in (("shape", SHAPES), ("colour", COLOURS), ("position", POSITIONS), ("size", SIZES)):
+        if attrs[key] not in allowed:
+            raise ValueError(f"toy caption {text!r}: unknown {key} {attrs[key]!r}; valid: {', '.join(allowed)}")
+    return ToyCaption(style=style, alpha=alpha, unsafe=unsafe, **attrs)
+
+
+def all_plain_captions() -> list[str]:
+    return [ToyCaption(shape=s, colour=c, position=p, size=z).plain
+            for s, c, p, z in itertools.product(SHAPES, COLOURS, POSITIONS, SIZES)]
+
+
+def toy_prompts(split: str) -> list[str]:
+    """Plain toy captions of one split; splits are disjoint by held-out (shape, colour) combinations.
+
+    test: each shape with one colour held out; validation: another; train: the rest (so a model is
+    evaluated on attribute combinations it was never fine-tuned on).
+    """
+    def part(caption: str) -> str:
+        c = parse_caption(caption)
+        index = (SHAPES.index(c.shape) + COLOURS.index(c.colour)) % len(COLOURS)
+        return "test" if index == 0 else "validation" if index == 1 else "train"
+
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"unknown toy split {split!r}; valid: train, validation, test")
+    return [c for c in all_plain_captions() if part(c) == split]
