@@ -1,0 +1,153 @@
+"""Config machinery, registries, model resolver, thread policy and the CLI's fast start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from pydantic import Field
+
+from mapo_bench.config import (SamplerConfig, StrictModel, config_hash, load_config, parse_overrides,
+                               parse_value)
+from mapo_bench.errors import MapoBenchError, ModelNotFoundError
+from mapo_bench.models import MODEL_ROOT_VAR, resolve_model
+from mapo_bench.registry import EVALUATORS, METHODS, TASKS
+
+
+class Optim(StrictModel):
+    lr: float = 1e-5
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+
+
+class Demo(StrictModel):
+    method: str = "mapo"
+    steps: int = 10
+    optim: Optim = Field(default_factory=Optim)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+
+
+def test_parse_value_reads_yaml_scalars_and_exponent_floats():
+    assert parse_value("1e-5") == 1e-5
+    assert parse_value("3") == 3
+    assert parse_value("true") is True
+    assert parse_value("[1, 2]") == [1, 2]
+    assert parse_value("mapo") == "mapo"
+
+
+def test_overrides_nest_and_win_over_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: dpo\noptim:\n  lr: 0.001\n")
+    cfg = load_config(Demo, path, ["optim.lr=2e-5", "steps=7"])
+    assert (cfg.method, cfg.steps, cfg.optim.lr, cfg.optim.betas) == ("dpo", 7, 2e-5, [0.9, 0.999])
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(MapoBenchError) as info:
+        load_config(Demo, path)
+    message = str(info.value)
+    assert str(path) in message and "optim.lrr" in message and "did you mean 'lr'" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_and_bad_yaml_are_one_line(tmp_path):
+    with pytest.raises(MapoBenchError, match="key 'steps'"):
+        load_config(Demo, None, ["steps=many"])
+    path = tmp_path / "broken.yaml"
+    path.write_text("a: [1, 2\n")
+    with pytest.raises(MapoBenchError, match="not valid YAML"):
+        load_config(Demo, path)
+    with pytest.raises(MapoBenchError, match="not key.path=value"):
+        load_config(Demo, None, ["steps"])
+
+
+def test_config_hash_is_stable_and_sensitive():
+    assert config_hash(Demo()) == config_hash(Demo())
+    assert config_hash(Demo()) != config_hash(Demo(steps=11))
+    assert len(config_hash(Demo())) == 16
+
+
+def test_registry_unknown_name_suggests_closest():
+    with pytest.raises(MapoBenchError, match="did you mean 'pickscore'"):
+        EVALUATORS.check("pickscor")
+    assert METHODS.names() == ["dpo", "mapo", "sft"]
+    assert {"pick-style", "pick-safety", "custom"} == set(TASKS.names())
+
+
+def test_resolver_local_path_and_model_root(tmp_path, monkeypatch):
+    assert resolve_model(str(tmp_path)) == tmp_path
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    monkeypatch.setenv(MODEL_ROOT_VAR, str(tmp_path))
+    assert resolve_model("org/model") == tmp_path / "org" / "model"
+
+
+def test_resolver_missing_model_fails_fast_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv(MODEL_ROOT_VAR, str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("stabilityai/stable-diffusion-xl-base-1.0")
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "'stabilityai/stable-diffusion-xl-base-1.0'" in message
+    assert str(tmp_path) in message and "--model" in message and "\n" not in message
+
+
+def test_thread_policy_defaults_to_one(monkeypatch):
+    from mapo_bench.threads import thread_count
+
+    monkeypatch.delenv("MAPO_BENCH_THREADS", raising=False)
+    assert thread_count() == 1
+    monkeypatch.setenv("MAPO_BENCH_THREADS", "3")
+    assert thread_count() == 3
+    monkeypatch.setenv("MAPO_BENCH_THREADS", "x")
+    with pytest.raises(MapoBenchError):
+        thread_count()
+
+
+def test_clip_tokenizer_matches_open_clip_ids():
+    """Known CLIP ids: <|startoftext|> 49406, 'a' 320, 'photo' 1125, 'of' 539, 'cat' 2368, <|endoftext|> 49407."""
+    from mapo_bench.clip_tokenizer import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tokenizer) == 49408
+
+
+def test_help_does_not_import_torch_and_is_fast():
+    code = ("import sys, time; t = time.perf_counter(); from mapo_bench.cli import app; "
+            "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['--help']); "
+            "assert r.exit_code == 0, r.output; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip()) < 1.5
+
+
+def test_cli_ls_and_bad_input_exit_codes():
+    from typer.testing import CliRunner
+
+    from mapo_bench.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["ls", "evaluators"])
+    assert listed.exit_code == 0 and "toy-style" in listed.output
+    result = subprocess.run([sys.executable, "-m", "mapo_bench", "ls", "evaluatrs"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "did you mean 'evaluators'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_command_has_an_example_in_help():
+    from typer.testing import CliRunner
+
+    from mapo_bench.cli import app
+
+    runner = CliRunner()
+    commands = ["build-dataset", "validate-dataset", "train", "sample", "eval", "compare", "mismatch", "run",
+                "report", "ls", "env", "toy pretrain", "config validate", "config print", "cache ls", "cache clear"]
+    for command in commands:
+        result = runner.invoke(app, [*command.split(), "--help"])
+        assert result.exit_code == 0, command
+        assert "Example: mapo-bench" in result.output, command
