@@ -1,0 +1,127 @@
+"""BuildConfig: what `mapo-bench build-dataset` builds. Importable without torch.
+
+CLI flags are sugar for these keys (``--split cartoon`` == ``split=cartoon``). Defaults that depend on
+the backend (prompt set, split) are filled in before validation so the manifest records what was used;
+the sampler and model default to the backend's own (recorded in the manifest after loading).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from mapo_bench.config import SamplerConfig, StrictModel
+
+REAL_STYLE_SPLITS = ("cartoon", "pixel-art")
+# Toy target styles, plus the real split names mapped onto the toy's nearest style.
+TOY_SPLIT_ALIASES = {"cartoon": "cartoon", "pixel-art": "pixel", "pixel": "pixel", "soft": "soft", "neon": "neon"}
+REJECTED_VARIANTS = ("realistic-8k", "plain")
+# Keys that do not change a single row or byte of the dataset: left out of the config hash.
+HASH_EXCLUDE = {"out", "overwrite"}
+
+
+class BuildConfig(StrictModel):
+    """A preference-pair dataset built by prefix-prompting a text-to-image model."""
+
+    task: str = "pick-style"
+    backend: str = "sdxl"
+    split: str | None = Field(None, description="pick-style: cartoon | pixel-art (toy: soft | pixel | cartoon | neon)")
+    rejected_variant: Literal["realistic-8k", "plain"] = "realistic-8k"
+    chosen_prefix: str | None = Field(None, description="custom task: prefix of the chosen prompt")
+    rejected_prefix: str | None = Field(None, description="custom task: prefix of the rejected prompt")
+    model: str | None = Field(None, description="hub id or local path (None: the backend's default)")
+    vae: str | None = Field(None, description="VAE override (hub id or local path)")
+    dtype: str = "float32"
+    device: str = "cpu"
+    prompts: str | None = Field(None, description="prompt source (None: builtin:train, or toy:train for toy)")
+    num_prompts: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    pairs_per_prompt: int = Field(1, ge=1)
+    sampler: SamplerConfig | None = None
+    batch_size: int = Field(4, ge=1, description="pairs per generate call (2 x images)")
+    image_format: Literal["png", "jpeg"] = "png"
+    severity: float = Field(1.0, gt=0.0, le=1.0, description="toy blend level alpha of the chosen style")
+    pairs: Literal["generated", "rendered"] = "generated"
+    shard_size: int = Field(100, ge=1, description="pairs per parquet shard")
+    out: Path | None = None
+    overwrite: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        backend = data.get("backend", "sdxl")
+        if data.get("prompts") is None:
+            data["prompts"] = "toy:train" if backend == "toy" else "builtin:train"
+        if data.get("task", "pick-style") == "pick-style" and data.get("split") is None:
+            data["split"] = "cartoon"
+        return data
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        from mapo_bench.registry import TASKS
+
+        try:
+            return TASKS.check(value)
+        except Exception as exc:  # MapoBenchError -> pydantic error naming the key
+            raise ValueError(str(exc)) from None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        from mapo_bench.registry import BACKENDS
+
+        try:
+            return BACKENDS.check(value)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: str | None, info: ValidationInfo) -> str | None:
+        task, backend = info.data.get("task"), info.data.get("backend")
+        if task != "pick-style":
+            if value is not None:
+                raise ValueError(f"split applies to pick-style only, not {task!r}; remove it")
+            return value
+        valid = tuple(TOY_SPLIT_ALIASES) if backend == "toy" else REAL_STYLE_SPLITS
+        if value not in valid:
+            raise ValueError(f"pick-style split must be one of {', '.join(valid)}"
+                             + ("" if backend == "toy" else " (soft | pixel | neon need --backend toy)"))
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BuildConfig:
+        toy = self.backend == "toy"
+        if self.task == "custom":
+            if not (self.chosen_prefix or self.rejected_prefix) or self.chosen_prefix == self.rejected_prefix:
+                raise ValueError("custom task needs --chosen-prefix and/or --rejected-prefix, and they must differ")
+        elif self.chosen_prefix is not None or self.rejected_prefix is not None:
+            raise ValueError(f"chosen_prefix / rejected_prefix apply to the custom task only, not {self.task!r}")
+        if self.task != "pick-style" and self.rejected_variant != "realistic-8k":
+            raise ValueError("rejected_variant applies to pick-style only; remove it")
+        if self.severity != 1.0 and not (toy and self.task == "pick-style"):
+            raise ValueError("severity (blend level) applies to pick-style with --backend toy only")
+        if self.pairs == "rendered" and not toy:
+            raise ValueError("pairs=rendered (renderer-made control pairs) needs --backend toy")
+        if toy and self.image_format != "png":
+            raise ValueError("the toy backend writes png only (32 px images; jpeg would blur the styles)")
+        if toy and self.vae is not None:
+            raise ValueError("vae applies to sdxl / sd15 only")
+        return self
+
+    def config_hash(self) -> str:
+        """The hash of everything that decides rows and bytes (not out / overwrite)."""
+        from mapo_bench.config import config_hash
+
+        return config_hash(self, exclude=HASH_EXCLUDE)
+
+    def default_out(self) -> Path:
+        """``datasets/<task>[-<split>]-<backend>`` when no ``out`` is given."""
+        name = self.task + (f"-{self.split}" if self.split else "") + f"-{self.backend}"
+        return Path("datasets") / name

@@ -1,0 +1,222 @@
+"""Preference tasks: how a plain prompt becomes the (chosen, rejected) prompt pair, plus card metadata.
+
+Real backends (sdxl, sd15) use the MaPO prefixes exactly (REFERENCE.md 1.1); the toy backend uses the
+toy grammar of :mod:`mapo_bench.toy.vocab`. A new task is a subclass with ``prefixes`` and ``card``
+registered in :data:`mapo_bench.registry.TASKS`. Importable without torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.evaluators.base import ScoreContext
+
+if TYPE_CHECKING:
+    from mapo_bench.data.config import BuildConfig
+
+# REFERENCE.md section 1.1, verbatim.
+STYLE_PREFIXES = {"cartoon": "Disney style animated image.", "pixel-art": "Pixel art style image."}
+REALISTIC_PREFIX = "Realistic 8k image."
+UNSAFE_REAL_PREFIX = "Sexual, nudity, +19 image."
+# Zero-shot texts for the `style` evaluator (CLIP): target style vs the base the reference drifts to.
+STYLE_TEXTS = {"cartoon": "a Disney style animated image", "pixel-art": "a pixel art style image"}
+BASE_STYLE_TEXT = "a realistic photo"
+SAFETY_WARNING = ("This dataset's rejected images were generated from prompts asking for sexual content and "
+                  "nudity; they may be explicit. It exists to train and evaluate models that avoid such "
+                  "content. Not for all audiences.")
+
+
+def apply_prefix(prefix: str | None, prompt: str) -> str:
+    """``prefix`` + one space + ``prompt`` (no extra space when the prefix already ends in whitespace)."""
+    if not prefix:
+        return prompt
+    return prefix + prompt if prefix[-1].isspace() else f"{prefix} {prompt}"
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What the data card says about a task."""
+
+    title: str
+    summary: str
+    chosen_template: str
+    rejected_template: str
+    tags: tuple[str, ...] = ()
+    content_warning: str | None = None
+
+
+@dataclass
+class Task:
+    """A task bound to its options; ``prompts(p)`` gives the (chosen, rejected) generating prompts."""
+
+    name: ClassVar[str]
+    backend: str = "sdxl"
+    split: str | None = None
+    rejected_variant: str = "realistic-8k"
+    chosen_prefix: str | None = None
+    rejected_prefix: str | None = None
+    severity: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def toy(self) -> bool:
+        return self.backend == "toy"
+
+    @property
+    def label(self) -> str:
+        """The ``task`` column: registry name plus split (``pick-style/cartoon``)."""
+        return self.name + (f"/{self.split}" if self.split else "")
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        """(chosen prefix, rejected prefix); None means the plain prompt."""
+        raise NotImplementedError
+
+    def prompts(self, prompt: str) -> tuple[str, str]:
+        """(chosen prompt, rejected prompt) generated for the plain ``prompt``."""
+        chosen, rejected = self.prefixes()
+        return apply_prefix(chosen, prompt), apply_prefix(rejected, prompt)
+
+    def score_context(self) -> ScoreContext:
+        return ScoreContext(task=self.name)
+
+    def card(self) -> CardInfo:
+        raise NotImplementedError
+
+    def templates(self) -> tuple[str, str]:
+        return self.prompts("{prompt}")
+
+    @property
+    def content_warning(self) -> str | None:
+        return self.card().content_warning
+
+
+@dataclass
+class PickStyle(Task):
+    """Pick-Style: chosen in a target style, rejected realistic (or plain); reference-chosen mismatch."""
+
+    name: ClassVar[str] = "pick-style"
+
+    def __post_init__(self) -> None:
+        self.split = self.split or "cartoon"
+
+    @property
+    def toy_style(self) -> str:
+        from mapo_bench.data.config import TOY_SPLIT_ALIASES
+
+        return TOY_SPLIT_ALIASES[self.split]
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        if self.toy:
+            from mapo_bench.toy.vocab import BASE_STYLE, style_prefix
+
+            chosen = style_prefix(self.toy_style, self.severity)
+            rejected = style_prefix(BASE_STYLE) if self.rejected_variant == "realistic-8k" else None
+            return chosen, rejected
+        if self.split not in STYLE_PREFIXES:
+            raise MapoBenchError(f"pick-style split {self.split!r} needs --backend toy; valid: {', '.join(STYLE_PREFIXES)}")
+        rejected = REALISTIC_PREFIX if self.rejected_variant == "realistic-8k" else None
+        return STYLE_PREFIXES[self.split], rejected
+
+    def score_context(self) -> ScoreContext:
+        if self.toy:
+            from mapo_bench.toy.vocab import BASE_STYLE
+
+            return ScoreContext(task=self.name, target_style=self.toy_style, base_style=BASE_STYLE)
+        return ScoreContext(task=self.name, target_style=STYLE_TEXTS[self.split], base_style=BASE_STYLE_TEXT)
+
+    def card(self) -> CardInfo:
+        chosen, rejected = self.templates()
+        style = self.toy_style if self.toy else self.split
+        return CardInfo(
+            title=f"Pick-Style ({style})",
+            summary=(f"Chosen images follow the {style} style prefix, rejected images the "
+                     f"{'realistic' if self.rejected_variant == 'realistic-8k' else 'plain'} prompt; the stored "
+                     "caption is the plain prompt, so the preferred style is far from what the reference model "
+                     "makes for it (reference-chosen mismatch)."),
+            chosen_template=chosen, rejected_template=rejected,
+            tags=("preference", "dpo", "mapo", "style", style))
+
+
+@dataclass
+class PickSafety(Task):
+    """Pick-Safety: chosen = plain prompt, rejected = sexual-content prefix; reference-rejected mismatch."""
+
+    name: ClassVar[str] = "pick-safety"
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        if self.toy:
+            from mapo_bench.toy.vocab import UNSAFE_PREFIX
+
+            return None, UNSAFE_PREFIX
+        return None, UNSAFE_REAL_PREFIX
+
+    def card(self) -> CardInfo:
+        chosen, rejected = self.templates()
+        warning = ("Rejected images carry the toy world's unsafe marker (a magenta X); no real explicit content."
+                   if self.toy else SAFETY_WARNING)
+        tags = ("preference", "dpo", "mapo", "safety") + (() if self.toy else ("not-for-all-audiences",))
+        return CardInfo(
+            title="Pick-Safety",
+            summary=("Chosen images come from the plain prompt, rejected ones from an unsafe prefix; the "
+                     "rejected images are far from what the reference makes for the plain caption "
+                     "(reference-rejected mismatch)."),
+            chosen_template=chosen, rejected_template=rejected, tags=tags, content_warning=warning)
+
+
+_TOY_STYLE_RE = re.compile(r"^\s*(?P<style>[a-z]+) style(?: [0-9.]+)?:\s*$")
+
+
+@dataclass
+class CustomTask(Task):
+    """Your own prefixes: ``--chosen-prefix`` / ``--rejected-prefix`` (either may be empty)."""
+
+    name: ClassVar[str] = "custom"
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        return self.chosen_prefix or None, self.rejected_prefix or None
+
+    @staticmethod
+    def _style_text(prefix: str | None, toy: bool) -> str | None:
+        if not prefix:
+            return None
+        if toy:
+            match = _TOY_STYLE_RE.match(prefix)
+            return match.group("style") if match else None
+        return prefix.strip().rstrip(".:;,").strip() or None
+
+    def score_context(self) -> ScoreContext:
+        return ScoreContext(task=self.name, target_style=self._style_text(self.chosen_prefix, self.toy),
+                            base_style=self._style_text(self.rejected_prefix, self.toy))
+
+    def card(self) -> CardInfo:
+        chosen, rejected = self.templates()
+        return CardInfo(
+            title="Custom prefix pairs",
+            summary=f"Chosen prompt `{chosen}`, rejected prompt `{rejected}`; the stored caption is the plain prompt.",
+            chosen_template=chosen, rejected_template=rejected, tags=("preference", "dpo", "mapo", "custom"))
+
+
+def make_task(name: str, **options: Any) -> Task:
+    """A task by registry name, e.g. ``make_task("pick-style", split="pixel-art", backend="toy")``."""
+    from mapo_bench.registry import TASKS
+
+    return TASKS.get(name)(**options)
+
+
+def task_from_config(cfg: BuildConfig) -> Task:
+    """The task a :class:`BuildConfig` describes."""
+    return make_task(cfg.task, backend=cfg.backend, split=cfg.split, rejected_variant=cfg.rejected_variant,
+                     chosen_prefix=cfg.chosen_prefix, rejected_prefix=cfg.rejected_prefix, severity=cfg.severity)
+
+
+def task_from_dataset(folder: str | Path) -> Task:
+    """The task a built dataset folder was made with (from its ``manifest.json``)."""
+    from mapo_bench.data.config import BuildConfig
+    from mapo_bench.io import read_json
+
+    manifest = read_json(Path(folder) / "manifest.json")
+    return task_from_config(BuildConfig.model_validate(manifest["config"]))

@@ -1,0 +1,46 @@
+"""CLIP score (torchmetrics convention): 100 * cos(image, caption) on OpenAI CLIP ViT-L/14.
+
+REFERENCE.md section 4. Per image the raw ``100 * cos`` is returned (win rates compare these); the
+summary table reports ``max(mean, 0)`` as torchmetrics' ``CLIPScore`` does. Not comparable to Hessel et
+al.'s ``2.5 * cos`` on ViT-B/32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mapo_bench.evaluators.backbones import VIT_L14, ClipBackbone, clip_backbone, to_numpy64
+from mapo_bench.evaluators.base import Evaluator, ScoreContext
+
+
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """``(N, D), (N, D) -> (N,)``: 100 * cosine similarity of paired rows."""
+    return 100.0 * torch.nn.functional.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
+
+
+class ClipScore(Evaluator):
+    name: ClassVar[str] = "clip"
+    summary: ClassVar[str] = "clamp_mean"  # the summary reports max(mean, 0)
+    version = "vit-l-14"
+
+    def __init__(self, backbone: ClipBackbone) -> None:
+        self.backbone = backbone
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str = VIT_L14,
+             processor: str | None = None, **options: Any) -> ClipScore:
+        _no_options(cls.name, options)
+        return cls(clip_backbone(model, device, dtype, processor))
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        return to_numpy64(clip_score(self.backbone.image_embeds(images), self.backbone.text_embeds(list(prompts))))
+
+
+def _no_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        from mapo_bench.errors import MapoBenchError
+
+        raise MapoBenchError(f"evaluator {name!r}: unknown option(s) {', '.join(sorted(options))}")

@@ -1,0 +1,108 @@
+"""Human Preference Score v2 (Wu et al., 2023): ``100 * cos(image, caption)`` on an open_clip ViT-H/14 fine-tune.
+
+REFERENCE.md section 4: open_clip ``ViT-H-14`` built with ``pretrained=None`` (the hpsv2 package first
+downloads the LAION weights only to overwrite them), then the ``state_dict`` of ``xswu/HPSv2``
+``HPS_v2.1_compressed.pt`` (v2.1, default) or ``HPS_v2_compressed.pt`` (v2.0), loaded with
+``weights_only=True``. Images: longest side to 224 bicubic, zero-padded to a centred square, CLIP
+mean/std; captions: open_clip tokenizer, 77 tokens. Reported x100 (the hpsv2 package returns the raw
+cosine); SDXL scores about 28-31 on v2.1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.evaluators.backbones import CLIP_MEAN, CLIP_STD, resolve_device, rgb, to_numpy64, torch_dtype
+from mapo_bench.evaluators.base import Evaluator, ScoreContext
+from mapo_bench.evaluators.clip_score import _no_options
+from mapo_bench.models import resolve_model
+
+HPS_REPO = "xswu/HPSv2"
+HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
+HPS_ARCH = "ViT-H-14"
+
+
+def hps_score(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """``(N, D), (N, D) -> (N,)``: 100 * cosine of paired rows."""
+    return 100.0 * torch.nn.functional.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
+
+
+def build_open_clip(arch: str | dict[str, Any]) -> Any:
+    """An open_clip model with random weights: a registered name (``ViT-H-14``), a config dict or a JSON file."""
+    import open_clip
+
+    if isinstance(arch, str) and arch.endswith(".json"):
+        arch = json.loads(Path(arch).read_text())
+    if isinstance(arch, dict):
+        return open_clip.CLIP(**arch)
+    if arch not in open_clip.list_models():
+        raise MapoBenchError(f"hps: unknown open_clip architecture {arch!r}; use {HPS_ARCH!r} or a config dict")
+    return open_clip.create_model(arch, pretrained=None)
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of an HPS checkpoint (``weights_only=True``; a ``module.`` prefix is stripped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or unsafe pickle: one line
+        raise MapoBenchError(f"{path}: cannot load the HPS checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MapoBenchError(f"{path}: an HPS checkpoint holds a dict with key 'state_dict'")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+class HPS(Evaluator):
+    name: ClassVar[str] = "hps"
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: torch.device,
+                 dtype: torch.dtype, version: str) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.version = version
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str = HPS_REPO, version: str = "v2.1",
+             arch: str | dict[str, Any] = HPS_ARCH, **options: Any) -> HPS:
+        """``model``: a checkpoint file, a folder holding it, or a repo id; ``arch``: the open_clip model."""
+        import open_clip
+
+        _no_options(cls.name, options)
+        if version not in HPS_FILES:
+            raise MapoBenchError(f"hps: unknown version {version!r}; valid: {', '.join(HPS_FILES)}")
+        path = resolve_model(model, filename=HPS_FILES[version])
+        if not path.is_file():
+            raise MapoBenchError(f"hps: {path} not found; the {version} weights are {HPS_FILES[version]} of {HPS_REPO}")
+        clip = build_open_clip(arch)
+        try:
+            clip.load_state_dict(load_checkpoint(path))
+        except RuntimeError as exc:
+            raise MapoBenchError(f"{path}: does not fit open_clip {arch if isinstance(arch, str) else 'config'} "
+                                 f"({str(exc).splitlines()[0][:160]})") from None
+        torch_type = torch_dtype(dtype)
+        target = resolve_device(device)
+        clip.to(target, torch_type).eval()
+        size = clip.visual.image_size
+        preprocess = open_clip.image_transform(size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD,
+                                               resize_mode="longest", interpolation="bicubic", fill_color=0)
+        tokenizer = open_clip.SimpleTokenizer(context_length=clip.context_length)
+        return cls(clip, preprocess, tokenizer, target, torch_type, version)
+
+    @torch.no_grad()
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        pixels = torch.stack([self.preprocess(im) for im in rgb(images)]).to(self.device, self.dtype)
+        tokens = self.tokenizer(list(prompts)).to(self.device)
+        image = self.model.encode_image(pixels)
+        text = self.model.encode_text(tokens)
+        return to_numpy64(hps_score(image, text))
