@@ -1,0 +1,372 @@
+"""`mapo-bench run`: expand a PipelineSpec into stage jobs, run them (resumably, in parallel), report.
+
+Phase 1: build and measure every dataset; sample and score the base; train every grid setting of every
+method on the first seed and score it on validation prompts. Selection: per dataset and method, the best
+setting by the task's preference metric among those whose content-fidelity win rate against the base is
+at least the threshold (DESIGN.md section 5b). Phase 2: the selected setting on every seed, scored on
+test prompts. Then the report. Each job writes its stage config to ``configs/<job>.yaml`` (so
+``--emit-commands`` can hand it to a scheduler) and a marker to ``state/<job>.json`` when it finishes; a
+job whose marker matches its config is skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mapo_bench.config import config_hash
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.pipeline import DatasetSpec, PipelineSpec
+
+CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
+API_FUNCTIONS = {"build": "build_dataset", "mismatch": "measure_mismatch", "train": "train", "sample": "sample",
+                 "eval": "evaluate"}
+
+
+@dataclass
+class Job:
+    """One stage run: its verb, its config (a dict validated by the stage), where it writes, what it needs."""
+
+    id: str
+    verb: str
+    config: dict[str, Any]
+    out: Path
+    deps: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+
+class Runner:
+    """Plans, executes and resumes the jobs of one pipeline in ``run_dir``."""
+
+    def __init__(self, spec: PipelineSpec, run_dir: Path, pipeline_path: Path | None = None) -> None:
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        self.pipeline_path = pipeline_path
+
+    # -- paths ---------------------------------------------------------------------------------
+    def dataset_dir(self, d: DatasetSpec) -> Path:
+        return self.run_dir / "datasets" / d.name
+
+    def model_dir(self, d: str, method: str, point: int, seed: int) -> Path:
+        return self.run_dir / "models" / d / method / f"g{point}-s{seed}"
+
+    def samples_dir(self, label: str, split: str) -> Path:
+        return self.run_dir / "samples" / label / split
+
+    def scores_dir(self, label: str, split: str) -> Path:
+        return self.run_dir / "scores" / label / split
+
+    # -- planning -------------------------------------------------------------------------------
+    def _common(self) -> dict[str, Any]:
+        common: dict[str, Any] = {"backend": self.spec.backend}
+        if self.spec.model:
+            common["model"] = self.spec.model
+        return common
+
+    def _prompts(self, split: str) -> str:
+        return self.spec.eval.validation_prompts if split == "validation" else self.spec.eval.test_prompts
+
+    def _sample_job(self, label: str, split: str, deps: list[str], trained: dict[str, str], meta: dict[str, Any]) -> Job:
+        config = {**self._common(), **self.spec.eval.sample, "prompts": self._prompts(split),
+                  "seeds": list(self.spec.eval.seeds), "out": str(self.samples_dir(label, split)),
+                  "model_name": label.replace("/", ":")}
+        config.update(trained)
+        return Job(f"sample:{label}:{split}", "sample", config, self.samples_dir(label, split), deps,
+                   {**meta, "split": split, "label": label})
+
+    def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
+        scores_label = f"base/{d.name}" if label == "base" else label
+        config = {**self.spec.eval.eval, **score_context(d, self.spec.backend), "metrics": list(self.spec.eval.metrics),
+                  "images": [str(sample.out)], "out": str(self.scores_dir(scores_label, split))}
+        return Job(f"eval:{scores_label}:{split}", "eval", config, self.scores_dir(scores_label, split), [sample.id],
+                   {**meta, "split": split, "label": label, "dataset": d.name, "scores": str(self.scores_dir(scores_label, split))})
+
+    def _train_chain(self, d: DatasetSpec, method: str, point: int, seed: int, split: str) -> list[Job]:
+        spec = self.spec.methods[method]
+        overrides = {**spec.overrides}
+        grid_values = spec.grid_points()[point]
+        config: dict[str, Any] = {}
+        if spec.recipe:
+            config = yaml.safe_load(Path(spec.recipe).read_text()) or {}
+        for key, value in {**overrides, **grid_values}.items():
+            _set_dotted(config, key, value)
+        out = self.model_dir(d.name, method, point, seed)
+        config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
+                       "seed": seed})
+        meta = {"dataset": d.name, "task": d.task, "method": method, "point": point, "grid": grid_values, "seed": seed}
+        train = Job(f"train:{d.name}:{method}:g{point}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
+        label = f"{d.name}/{method}/g{point}-s{seed}"
+        lora = bool((config.get("lora") or {}).get("enabled"))
+        trained = {"lora": str(out)} if lora else {"unet": str(out / "unet")}
+        sample = self._sample_job(label, split, [train.id], trained, meta)
+        return [train, sample, self._eval_job(d, label, split, sample, meta)]
+
+    def base_jobs(self, split: str) -> list[Job]:
+        sample = self._sample_job("base", split, [], {}, {"method": "base"})
+        return [sample] + [self._eval_job(d, "base", split, sample, {"method": "base"}) for d in self.spec.datasets]
+
+    def phase1(self) -> list[Job]:
+        jobs: list[Job] = []
+        for d in self.spec.datasets:
+            build = {**self._common(), "task": d.task, **d.build, "out": str(self.dataset_dir(d))}
+            jobs.append(Job(f"build:{d.name}", "build", build, self.dataset_dir(d), [], {"dataset": d.name}))
+            severity = {**self._common(), **self.spec.mismatch, "dataset": str(self.dataset_dir(d)),
+                        "out": str(self.dataset_dir(d) / "severity.json")}
+            severity["reference"] = severity.pop("model", None)
+            jobs.append(Job(f"mismatch:{d.name}", "mismatch", severity, self.dataset_dir(d) / "severity.json",
+                            [f"build:{d.name}"], {"dataset": d.name}))
+        jobs += self.base_jobs("validation")
+        for d in self.spec.datasets:
+            for method, method_spec in self.spec.methods.items():
+                for point in range(len(method_spec.grid_points())):
+                    jobs += self._train_chain(d, method, point, self.spec.seeds[0], "validation")
+        return jobs
+
+    def phase2(self, selection: dict[str, Any]) -> list[Job]:
+        jobs = self.base_jobs("test")
+        for d in self.spec.datasets:
+            for method in self.spec.methods:
+                point = selection[d.name][method]["selected"]
+                for seed in self.spec.seeds:
+                    chain = self._train_chain(d, method, point, seed, "test")
+                    # The first seed was trained in phase 1; a dep outside this job list counts as met.
+                    jobs += chain if seed != self.spec.seeds[0] else chain[1:]
+        return jobs
+
+    # -- execution ------------------------------------------------------------------------------
+    def marker(self, job: Job) -> Path:
+        return self.run_dir / "state" / f"{job.id.replace(':', '__').replace('/', '_')}.json"
+
+    def config_path(self, job: Job) -> Path:
+        return self.run_dir / "configs" / f"{job.id.replace(':', '__').replace('/', '_')}.yaml"
+
+    def is_done(self, job: Job) -> bool:
+        path = self.marker(job)
+        if not path.is_file() or not job.out.exists():
+            return False
+        return json.loads(path.read_text()).get("config_hash") == job.hash
+
+    def write_config(self, job: Job) -> Path:
+        from mapo_bench.io import write_text_atomic
+
+        path = self.config_path(job)
+        header = f"# job {job.id} of pipeline {self.spec.name}; run: mapo-bench {CLI_VERBS[job.verb]} --config {path}\n"
+        write_text_atomic(path, header + yaml.safe_dump(job.config, sort_keys=False))
+        return path
+
+    def execute(self, jobs: list[Job], workers: int = 1) -> dict[str, float]:
+        """Run ``jobs`` respecting deps; finished jobs are skipped; returns wall seconds per job run."""
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from multiprocessing import get_context
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from mapo_bench.io import write_json_atomic
+
+        pending = {job.id: job for job in jobs}
+        known = set(pending)
+        done: set[str] = set()
+        timings: dict[str, float] = {}
+        running: dict[Any, tuple[Job, float]] = {}
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn()) as progress:
+            bar = progress.add_task(f"{self.spec.name}", total=len(jobs))
+            try:
+                while pending or running:
+                    ready = [j for j in pending.values() if all(d in done or d not in known for d in j.deps)]
+                    for job in ready:
+                        del pending[job.id]
+                        if self.is_done(job):
+                            done.add(job.id)
+                            progress.advance(bar)
+                            continue
+                        path = self.write_config(job)
+                        progress.console.print(f"[cyan]run[/cyan] {job.id}")
+                        if pool is None:
+                            start = time.perf_counter()
+                            run_job(job.verb, str(path))
+                            running[None] = (job, start)
+                            self._finish(job, timings, running.pop(None)[1], write_json_atomic)
+                            done.add(job.id)
+                            progress.advance(bar)
+                        else:
+                            running[pool.submit(run_job, job.verb, str(path))] = (job, time.perf_counter())
+                    if pool is None or not running:
+                        if pending and not ready and not running:
+                            raise MapoBenchError(f"jobs wait on each other: {', '.join(sorted(pending))}")
+                        continue
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job, start = running.pop(future)
+                        try:
+                            future.result()
+                        except MapoBenchError as exc:
+                            raise MapoBenchError(f"job {job.id} failed: {exc}") from None
+                        self._finish(job, timings, start, write_json_atomic)
+                        done.add(job.id)
+                        progress.advance(bar)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+        return timings
+
+    def _finish(self, job: Job, timings: dict[str, float], start: float, write_json_atomic: Any) -> None:
+        wall = round(time.perf_counter() - start, 2)
+        timings[job.id] = wall
+        write_json_atomic(self.marker(job), {"config_hash": job.hash, "wall_s": wall, "verb": job.verb,
+                                             "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def run_job(verb: str, config_path: str) -> None:
+    """Run one stage from its config file (in this process or a worker process)."""
+    from mapo_bench import api
+
+    getattr(api, API_FUNCTIONS[verb])(config_path)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    from mapo_bench.config import set_path
+
+    set_path(tree, dotted, value)
+
+
+def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
+    """EvalConfig keys (task, target_style, base_style) for scoring images against dataset ``d``'s task."""
+    from mapo_bench.data.tasks import score_context_for
+
+    context = score_context_for(d.task, backend=backend, **d.build)
+    return {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
+
+
+def load_scores(folder: str | Path) -> Any:
+    import pandas as pd
+
+    path = Path(folder) / "scores.parquet"
+    if not path.is_file():
+        raise MapoBenchError(f"{path}: scores missing; rerun `mapo-bench run` to finish the eval jobs")
+    return pd.read_parquet(path)
+
+
+def win_rate_vs(scores_a: Any, scores_b: Any, metric: str, resamples: int, seed: int) -> dict[str, Any]:
+    """Paired win rate of A over B on ``metric``: images paired by (prompt_id, seed), prompts as groups."""
+    import numpy as np
+
+    from mapo_bench.stats import paired_win_rate
+
+    a = scores_a[scores_a["metric"] == metric].set_index(["prompt_id", "seed"])["score"]
+    b = scores_b[scores_b["metric"] == metric].set_index(["prompt_id", "seed"])["score"]
+    joined = a.to_frame("a").join(b.to_frame("b"), how="inner")
+    if joined.empty:
+        raise MapoBenchError(f"no paired images for metric {metric!r}: were both models sampled on the same prompts and seeds?")
+    groups = np.asarray(joined.index.get_level_values("prompt_id"))
+    return paired_win_rate(joined["a"].to_numpy(), joined["b"].to_numpy(), groups, resamples=resamples, seed=seed)
+
+
+def select_settings(runner: Runner) -> dict[str, Any]:
+    """Per dataset and method: grid results on validation prompts and the selected setting (DESIGN 5b)."""
+    spec = runner.spec
+    selection: dict[str, Any] = {}
+    for d in spec.datasets:
+        base = load_scores(runner.scores_dir(f"base/{d.name}", "validation"))
+        preference = spec.eval.preference_metric[d.task]
+        selection[d.name] = {}
+        for method, method_spec in spec.methods.items():
+            rows = []
+            for point, grid in enumerate(method_spec.grid_points()):
+                label = f"{d.name}/{method}/g{point}-s{spec.seeds[0]}"
+                scores = load_scores(runner.scores_dir(label, "validation"))
+                fidelity = win_rate_vs(scores, base, spec.eval.fidelity_metric, spec.eval.resamples, spec.eval.bootstrap_seed)
+                pref = win_rate_vs(scores, base, preference, spec.eval.resamples, spec.eval.bootstrap_seed)
+                rows.append({"point": point, "grid": grid, "fidelity_win_rate": fidelity["win_rate"],
+                             "preference_win_rate": pref["win_rate"], "preference_mean_gap": pref["mean_gap"],
+                             "eligible": fidelity["win_rate"] >= spec.eval.fidelity_threshold})
+            eligible = [r for r in rows if r["eligible"]]
+            note = ""
+            if eligible:
+                best = max(eligible, key=lambda r: (r["preference_win_rate"], r["preference_mean_gap"]))
+            else:
+                best = max(rows, key=lambda r: r["fidelity_win_rate"])
+                note = (f"no setting reached fidelity win rate {spec.eval.fidelity_threshold}; "
+                        "the one with the best fidelity was taken")
+            selection[d.name][method] = {"selected": best["point"], "grid": best["grid"], "rows": rows, "note": note,
+                                         "preference_metric": preference, "fidelity_metric": spec.eval.fidelity_metric}
+    return selection
+
+
+def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
+    """The --dry-run table: jobs per stage kind with estimated cost."""
+    from collections import Counter
+
+    counts = Counter(job.verb for job in jobs)
+    estimates = runner.spec.estimates_s
+    lines = [f"pipeline {runner.spec.name}: {len(jobs)} jobs in phase 1, {phase2_count} after selection",
+             f"run folder: {runner.run_dir}", "", f"{'stage':10s} {'jobs':>5s} {'est. each':>10s} {'est. total':>11s}"]
+    total = 0.0
+    per_phase2 = _phase2_counts(runner)
+    for verb in ("build", "mismatch", "train", "sample", "eval"):
+        n = counts.get(verb, 0) + per_phase2.get(verb, 0)
+        each = estimates.get(verb)
+        cost = (each or 0.0) * n
+        total += cost
+        lines.append(f"{verb:10s} {n:5d} {(f'{each:.0f} s' if each else '?'):>10s} {(f'{cost / 60:.1f} min' if each else '?'):>11s}")
+    lines.append(f"{'total':10s} {len(jobs) + phase2_count:5d} {'':>10s} {total / 60:>7.1f} min (one worker; divide by --workers for parallel stages)")
+    lines.append("")
+    lines += [f"  {job.id}" for job in jobs]
+    lines.append(f"  ... then {phase2_count} jobs for the selected settings on seeds {runner.spec.seeds} (test prompts)")
+    return "\n".join(lines)
+
+
+def _phase2_counts(runner: Runner) -> dict[str, int]:
+    spec = runner.spec
+    pairs = len(spec.datasets) * len(spec.methods)
+    return {"train": pairs * (len(spec.seeds) - 1), "sample": pairs * len(spec.seeds) + 1,
+            "eval": pairs * len(spec.seeds) + len(spec.datasets)}
+
+
+def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers: int = 1, dry_run: bool = False,
+                 emit_commands: bool = False, out: Path | None = None) -> Path | None:
+    """Plan and run a pipeline; returns the report folder (None for --dry-run / --emit-commands)."""
+    from mapo_bench.io import write_json_atomic
+
+    run_dir = Path(out) if out else Path("runs") / spec.name
+    runner = Runner(spec, run_dir, pipeline_path)
+    jobs = runner.phase1()
+    _validate_jobs(jobs)
+    if dry_run:
+        print(describe_plan(runner, jobs, sum(_phase2_counts(runner).values())))
+        return None
+    if emit_commands:
+        for job in jobs:
+            print(f"mapo-bench {CLI_VERBS[job.verb]} --config {runner.write_config(job)}")
+        print(f"# after these finish: mapo-bench run {pipeline_path or spec.name} (selects settings, runs seeds, reports)")
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
+    timings = runner.execute(jobs, workers)
+    selection = select_settings(runner)
+    write_json_atomic(run_dir / "selection.json", selection)
+    jobs2 = runner.phase2(selection)
+    timings.update(runner.execute(jobs2, workers))
+    from mapo_bench.report import write_report
+
+    return write_report(run_dir)
+
+
+def _validate_jobs(jobs: list[Job]) -> None:
+    """Validate every job's config against its stage's class before anything runs (fail fast, one line)."""
+    from mapo_bench.api import stage_config_class
+    from mapo_bench.config import validate
+
+    stage_of = {"build": "build", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
+    for job in jobs:
+        validate(stage_config_class(stage_of[job.verb]), job.config, source=f"job {job.id}")
