@@ -66,6 +66,17 @@ class Runner:
         return self.run_dir / "scores" / label / split
 
     # -- planning -------------------------------------------------------------------------------
+    def recipe_path(self, recipe: Path) -> Path:
+        """A recipe path as given, else relative to the project holding the pipeline file."""
+        if recipe.is_absolute() or recipe.exists():
+            return recipe
+        roots = [self.pipeline_path.resolve().parent.parent] if self.pipeline_path else []
+        roots.append(Path(__file__).resolve().parent.parent)
+        for root in roots:
+            if (root / recipe).is_file():
+                return root / recipe
+        return recipe
+
     def _common(self) -> dict[str, Any]:
         common: dict[str, Any] = {"backend": self.spec.backend}
         if self.spec.model:
@@ -96,7 +107,9 @@ class Runner:
         grid_values = spec.grid_points()[point]
         config: dict[str, Any] = {}
         if spec.recipe:
-            config = yaml.safe_load(Path(spec.recipe).read_text()) or {}
+            from mapo_bench.config import read_yaml
+
+            config = read_yaml(self.recipe_path(spec.recipe))
         for key, value in {**overrides, **grid_values}.items():
             _set_dotted(config, key, value)
         out = self.model_dir(d.name, method, point, seed)
@@ -242,9 +255,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
     """EvalConfig keys (task, target_style, base_style) for scoring images against dataset ``d``'s task."""
-    from mapo_bench.data.tasks import score_context_for
+    from mapo_bench.data.tasks import make_task
 
-    context = score_context_for(d.task, backend=backend, **d.build)
+    keys = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
+    context = make_task(d.task, backend=backend, **{k: d.build[k] for k in keys if k in d.build}).score_context()
     return {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
 
 
