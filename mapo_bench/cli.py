@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,8 +23,8 @@ app.add_typer(toy_app, name="toy")
 app.add_typer(config_app, name="config")
 app.add_typer(cache_app, name="cache")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (a recipe).")]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides, applied last.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (a recipe).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.path=value overrides, applied last.")]
 
 
 def _sugar(overrides: list[str] | None, **flags: object) -> list[str]:
@@ -44,15 +44,15 @@ def build_dataset(
     task: Annotated[str, typer.Argument(help="pick-style | pick-safety | custom")],
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    split: Annotated[Optional[str], typer.Option(help="pick-style split: cartoon | pixel-art")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
-    model: Annotated[Optional[str], typer.Option(help="hub id or local path")] = None,
-    prompts: Annotated[Optional[str], typer.Option(help="built-in set, file, or hf://NAME:SPLIT:COLUMN")] = None,
-    num_prompts: Annotated[Optional[int], typer.Option(help="how many prompts to use")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="global seed")] = None,
-    chosen_prefix: Annotated[Optional[str], typer.Option(help="custom task: chosen prefix")] = None,
-    rejected_prefix: Annotated[Optional[str], typer.Option(help="custom task: rejected prefix")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="dataset folder to write")] = None,
+    split: Annotated[str | None, typer.Option(help="pick-style split: cartoon | pixel-art")] = None,
+    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    model: Annotated[str | None, typer.Option(help="hub id or local path")] = None,
+    prompts: Annotated[str | None, typer.Option(help="built-in set, file, or hf://NAME:SPLIT:COLUMN")] = None,
+    num_prompts: Annotated[int | None, typer.Option(help="how many prompts to use")] = None,
+    seed: Annotated[int | None, typer.Option(help="global seed")] = None,
+    chosen_prefix: Annotated[str | None, typer.Option(help="custom task: chosen prefix")] = None,
+    rejected_prefix: Annotated[str | None, typer.Option(help="custom task: rejected prefix")] = None,
+    out: Annotated[Path | None, typer.Option(help="dataset folder to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
 ) -> None:
     """Build a preference-pair dataset by prefix-prompting a model.
@@ -85,12 +85,12 @@ def validate_dataset(path: Annotated[Path, typer.Argument(help="dataset folder o
 def train(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    method: Annotated[Optional[str], typer.Option(help="mapo | dpo | sft")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="dataset folder or hub id")] = None,
-    model: Annotated[Optional[str], typer.Option(help="base model: hub id or local path")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="output folder")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="latest | PATH to a checkpoint")] = None,
+    method: Annotated[str | None, typer.Option(help="mapo | dpo | sft")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset folder or hub id")] = None,
+    model: Annotated[str | None, typer.Option(help="base model: hub id or local path")] = None,
+    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    resume: Annotated[str | None, typer.Option(help="latest | PATH to a checkpoint")] = None,
 ) -> None:
     """Fine-tune with MaPO, Diffusion-DPO or SFT (one loop; full or LoRA; accelerate).
 
@@ -106,13 +106,13 @@ def train(
 def sample(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    model: Annotated[Optional[str], typer.Option(help="base model: hub id or local path")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
-    unet: Annotated[Optional[str], typer.Option(help="fine-tuned UNet folder")] = None,
-    lora: Annotated[Optional[str], typer.Option(help="LoRA folder")] = None,
-    prompts: Annotated[Optional[str], typer.Option(help="prompt set or file")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds, e.g. 0,1")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="image folder")] = None,
+    model: Annotated[str | None, typer.Option(help="base model: hub id or local path")] = None,
+    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    unet: Annotated[str | None, typer.Option(help="fine-tuned UNet folder")] = None,
+    lora: Annotated[str | None, typer.Option(help="LoRA folder")] = None,
+    prompts: Annotated[str | None, typer.Option(help="prompt set or file")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds, e.g. 0,1")] = None,
+    out: Annotated[Path | None, typer.Option(help="image folder")] = None,
 ) -> None:
     """Generate evaluation images: same prompts, seeds and sampler for every model.
 
@@ -130,9 +130,9 @@ def sample(
 def evaluate(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    metrics: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. pickscore,aesthetic")] = None,
-    images: Annotated[Optional[list[Path]], typer.Option(help="sample folder(s) from `mapo-bench sample`")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="output folder for scores.parquet")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma-separated, e.g. pickscore,aesthetic")] = None,
+    images: Annotated[list[Path] | None, typer.Option(help="sample folder(s) from `mapo-bench sample`")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder for scores.parquet")] = None,
 ) -> None:
     """Score images; writes scores.parquet (one row per image and metric) and a summary table.
 
@@ -149,9 +149,9 @@ def evaluate(
 @app.command()
 def compare(
     scores_a: Annotated[Path, typer.Argument(help="scores.parquet (or folder) of model A")],
-    scores_b: Annotated[Optional[Path], typer.Argument(help="scores of model B (omit if A holds both)")] = None,
-    model_a: Annotated[Optional[str], typer.Option(help="model name of A inside the scores")] = None,
-    model_b: Annotated[Optional[str], typer.Option(help="model name of B inside the scores")] = None,
+    scores_b: Annotated[Path | None, typer.Argument(help="scores of model B (omit if A holds both)")] = None,
+    model_a: Annotated[str | None, typer.Option(help="model name of A inside the scores")] = None,
+    model_b: Annotated[str | None, typer.Option(help="model name of B inside the scores")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
 ) -> None:
@@ -169,9 +169,9 @@ def compare(
 def mismatch(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    dataset: Annotated[Optional[str], typer.Option(help="dataset folder")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="reference model: hub id or path")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="sdxl | sd15 | toy")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset folder")] = None,
+    reference: Annotated[str | None, typer.Option(help="reference model: hub id or path")] = None,
+    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
 ) -> None:
     """Measure reference-mismatch severity of a dataset (prefix excess, MMD/KID, FD, pair accuracy).
 
@@ -190,7 +190,7 @@ def run(
     workers: Annotated[int, typer.Option(help="local worker processes for independent jobs")] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan with estimated costs")] = False,
     emit_commands: Annotated[bool, typer.Option("--emit-commands", help="print each job as a CLI command")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<pipeline name>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<pipeline name>)")] = None,
 ) -> None:
     """Run a whole experiment: build, mismatch, train, sample, eval, report; resumable.
 
@@ -219,7 +219,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-b
 def toy_pretrain(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default: the user cache)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: the user cache)")] = None,
 ) -> None:
     """Pretrain the toy base model and the toy evaluators (seeded; reproduces the shipped weights).
 
@@ -267,7 +267,7 @@ def project_root() -> Path:
 def config_validate(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config")],
     overrides: Overrides = None,
-    stage: Annotated[Optional[str], typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
+    stage: Annotated[str | None, typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
 ) -> None:
     """Validate a config file (with overrides) without running it.
 
@@ -284,7 +284,7 @@ def config_validate(
 def config_print(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config")],
     overrides: Overrides = None,
-    stage: Annotated[Optional[str], typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
+    stage: Annotated[str | None, typer.Option(help="build | train | sample | eval | mismatch | pipeline | toy")] = None,
 ) -> None:
     """Print the fully resolved config (defaults + file + overrides) as YAML.
 
@@ -336,7 +336,7 @@ def cache_ls() -> None:
 
 @cache_app.command("clear")
 def cache_clear(
-    what: Annotated[Optional[str], typer.Argument(help="one entry of `cache ls` (default: everything)")] = None,
+    what: Annotated[str | None, typer.Argument(help="one entry of `cache ls` (default: everything)")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
 ) -> None:
     """Delete the user cache (or one entry of it).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import os
 from functools import lru_cache
 from pathlib import Path

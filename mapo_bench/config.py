@@ -8,8 +8,8 @@ and the key, with the closest valid key when the key is unknown.
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 

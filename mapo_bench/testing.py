@@ -86,8 +86,14 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0, prediction_type: str = "e
 
 def build_tiny_clip(folder: str | Path, seed: int = 0, projection_dim: int = 16, image_size: int = 32) -> Path:
     """A transformers CLIPModel + CLIPProcessor (tiny ViT) in hub layout, for PickScore/CLIP/aesthetic tests."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPVisionConfig)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
 
     _seeded(seed)
     text = CLIPTextConfig(**TINY_TEXT)

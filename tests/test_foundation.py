@@ -9,8 +9,14 @@ import time
 import pytest
 from pydantic import Field
 
-from mapo_bench.config import (SamplerConfig, StrictModel, config_hash, load_config, parse_overrides,
-                               parse_value)
+from mapo_bench.config import (
+    SamplerConfig,
+    StrictModel,
+    config_hash,
+    load_config,
+    parse_overrides,
+    parse_value,
+)
 from mapo_bench.errors import MapoBenchError, ModelNotFoundError
 from mapo_bench.models import MODEL_ROOT_VAR, resolve_model
 from mapo_bench.registry import EVALUATORS, METHODS, TASKS

@@ -50,7 +50,7 @@ def _tiny_pairs(folder, backend, n=4):
         return buf.getvalue()
 
     rows = [{"caption": p, "jpg_0": png(c), "jpg_1": png(r), "label_0": 1.0, "label_1": 0.0,
-             "prompt_0": f"cartoon. {p}", "prompt_1": p} for p, c, r in zip(prompts, chosen, rejected)]
+             "prompt_0": f"cartoon. {p}", "prompt_1": p} for p, c, r in zip(prompts, chosen, rejected, strict=False)]
     (folder / "data").mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(folder / "data" / "train-00000.parquet")
     (folder / "manifest.json").write_text(json.dumps({"config": {"task": "pick-style"}}))

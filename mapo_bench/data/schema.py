@@ -15,3 +15,23 @@ PARTIAL_SUBDIR = ".partial"
 def shard_name(index: int) -> str:
     """``train-00003.parquet``: the k-th shard of the train split."""
     return f"train-{index:05d}.parquet"
+
+# Column types as written by the builder (labels float64; readers also accept int labels).
+COLUMN_TYPES = {
+    "caption": "string", "jpg_0": "binary", "jpg_1": "binary", "label_0": "float64", "label_1": "float64",
+    "prompt_0": "string", "prompt_1": "string", "seed": "int64", "model_id": "string", "task": "string",
+    "pair_id": "int64", "sampler": "string",
+}
+
+
+def arrow_schema():
+    """The pyarrow schema of a built shard (imported lazily: pyarrow is only needed by data stages)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "binary": pa.binary(), "float64": pa.float64(), "int64": pa.int64()}
+    return pa.schema([(name, types[COLUMN_TYPES[name]]) for name in ALL_COLUMNS])
+
+
+def hf_features() -> list[dict[str, str]]:
+    """``dataset_info.features`` for the card's YAML front matter (Hugging Face datasets dtypes)."""
+    return [{"name": name, "dtype": COLUMN_TYPES[name]} for name in ALL_COLUMNS]
