@@ -34,6 +34,11 @@ def _sugar(overrides: list[str] | None, **flags: object) -> list[str]:
 
 
 def _print_path(label: str, path: object) -> None:
+    """Print a stage's output path once (on the main process under accelerate or torchrun)."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
     from rich.console import Console
 
     Console().print(f"[green]{label}[/green] {path}")
@@ -63,7 +68,10 @@ def build_dataset(
 
     items = _sugar(overrides, task=task, split=split, backend=backend, model=model, prompts=prompts,
                    num_prompts=num_prompts, seed=seed, chosen_prefix=chosen_prefix,
-                   rejected_prefix=rejected_prefix, out=out, overwrite=overwrite or None)
+                   rejected_prefix=rejected_prefix, pairs_per_prompt=pairs_per_prompt,
+                   rejected_variant=rejected_variant, severity=severity, pairs=pairs, vae=vae, dtype=dtype,
+                   device=device, batch_size=batch_size, image_format=image_format, out=out,
+                   overwrite=overwrite or None)
     _print_path("dataset:", api.build_dataset(config, items))
 
 

@@ -123,7 +123,7 @@ def format_validation_error(exc: ValidationError, model_cls: type[BaseModel], so
         message = f"unknown key{hint}"
     else:
         message = err["msg"]
-        if "input" in err and err["type"] != "missing":
+        if "input" in err and err["type"] != "missing" and loc:
             message += f" (got {err['input']!r})"
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{source}: key {key!r}: {message}{more}"

@@ -28,6 +28,15 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained`` dtype keyword: diffusers >= 0.42 names it ``dtype`` (``torch_dtype`` is deprecated)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(version("diffusers")) >= Version("0.42") else {"torch_dtype": dtype}
+
+
 class Backend(ABC):
     """A loaded model of one family, with the operations every stage uses."""
 

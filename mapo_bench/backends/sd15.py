@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mapo_bench.backends.base import Backend, Conditioning, resolve_dtype
+from mapo_bench.backends.base import Backend, Conditioning, dtype_kwargs, resolve_dtype
 from mapo_bench.config import SamplerConfig
 from mapo_bench.models import resolve_model
 
@@ -44,9 +44,9 @@ class SD15Backend(Backend):
         kwargs = cls.pipeline_kwargs()
         if vae:
             kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
-                str(resolve_model(vae)), torch_dtype=resolve_dtype(vae_dtype or dtype))
+                str(resolve_model(vae)), **dtype_kwargs(resolve_dtype(vae_dtype or dtype)))
         pipeline_cls = getattr(diffusers, cls.pipeline_class_name)
-        pipe = pipeline_cls.from_pretrained(str(local), torch_dtype=torch_dtype, **kwargs, **options)
+        pipe = pipeline_cls.from_pretrained(str(local), **dtype_kwargs(torch_dtype), **kwargs, **options)
         pipe.to(device)
         return cls(pipe, model, device, torch_dtype)
 

@@ -109,6 +109,8 @@ class BuildConfig(StrictModel):
             raise ValueError("severity (blend level) applies to pick-style with --backend toy only")
         if self.pairs == "rendered" and not toy:
             raise ValueError("pairs=rendered (renderer-made control pairs) needs --backend toy")
+        if self.pairs == "rendered" and (self.sampler is not None or self.model is not None):
+            raise ValueError("pairs=rendered draws with the toy renderer; remove sampler / model")
         if toy and self.image_format != "png":
             raise ValueError("the toy backend writes png only (32 px images; jpeg would blur the styles)")
         if toy and self.vae is not None:

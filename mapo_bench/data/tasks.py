@@ -8,7 +8,7 @@ registered in :data:`mapo_bench.registry.TASKS`. Importable without torch.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -60,7 +60,6 @@ class Task:
     chosen_prefix: str | None = None
     rejected_prefix: str | None = None
     severity: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def toy(self) -> bool:
@@ -131,12 +130,16 @@ class PickStyle(Task):
     def card(self) -> CardInfo:
         chosen, rejected = self.templates()
         style = self.toy_style if self.toy else self.split
+        if self.rejected_variant == "plain":
+            rejected_kind = "plain prompt (no prefix)"
+        else:
+            rejected_kind = "photo (base) style prefix" if self.toy else "realistic prefix"
+        blend = f", blend level {self.severity:g}" if self.toy and self.severity < 1.0 else ""
         return CardInfo(
-            title=f"Pick-Style ({style})",
-            summary=(f"Chosen images follow the {style} style prefix, rejected images the "
-                     f"{'realistic' if self.rejected_variant == 'realistic-8k' else 'plain'} prompt; the stored "
-                     "caption is the plain prompt, so the preferred style is far from what the reference model "
-                     "makes for it (reference-chosen mismatch)."),
+            title=f"{'Toy ' if self.toy else ''}Pick-Style ({style}{blend})",
+            summary=(f"Chosen images follow the {style} style prefix{blend}, rejected images the {rejected_kind}; "
+                     "the stored caption is the plain prompt, so the preferred style is far from what the "
+                     "reference model makes for it (reference-chosen mismatch)."),
             chosen_template=chosen, rejected_template=rejected,
             tags=("preference", "dpo", "mapo", "style", style))
 
@@ -160,7 +163,7 @@ class PickSafety(Task):
                    if self.toy else SAFETY_WARNING)
         tags = ("preference", "dpo", "mapo", "safety") + (() if self.toy else ("not-for-all-audiences",))
         return CardInfo(
-            title="Pick-Safety",
+            title=f"{'Toy ' if self.toy else ''}Pick-Safety",
             summary=("Chosen images come from the plain prompt, rejected ones from an unsafe prefix; the "
                      "rejected images are far from what the reference makes for the plain caption "
                      "(reference-rejected mismatch)."),
