@@ -82,7 +82,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         names = list(models)
         pairs += [(a, b, models[a], models[b]) for i, a in enumerate(names) for b in names[i + 1:]]
         for a_name, b_name, a, b in pairs:
-            for metric in ev["metrics"]:
+            for metric in [m for m in ev["metrics"] if m in set(a["metric"]) and m in set(b["metric"])]:
                 result = paired(a, b, metric, ev["resamples"], ev["bootstrap_seed"])
                 rows.append({"dataset": name, "task": task, "prefixed_side": side, "severity_x": x,
                              "comparison": f"{a_name} vs {b_name}", "metric": metric,

@@ -96,7 +96,8 @@ class Runner:
 
     def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
         scores_label = f"base/{d.name}" if label == "base" else label
-        config = {**self.spec.eval.eval, **score_context(d, self.spec.backend), "metrics": list(self.spec.eval.metrics),
+        context = score_context(d, self.spec.backend)
+        config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
                   "images": [str(sample.out)], "out": str(self.scores_dir(scores_label, split))}
         return Job(f"eval:{scores_label}:{split}", "eval", config, self.scores_dir(scores_label, split), [sample.id],
                    {**meta, "split": split, "label": label, "dataset": d.name, "scores": str(self.scores_dir(scores_label, split))})
@@ -251,6 +252,14 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     from mapo_bench.config import set_path
 
     set_path(tree, dotted, value)
+
+
+STYLE_METRICS = ("style", "toy-style")
+
+
+def metrics_for(metrics: list[str], context: dict[str, Any]) -> list[str]:
+    """The metrics that apply to a dataset: style metrics need a target style (Pick-Safety has none)."""
+    return [m for m in metrics if m not in STYLE_METRICS or context.get("target_style")]
 
 
 def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
