@@ -28,11 +28,13 @@ def looks_like_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~")) or os.sep in model_id and Path(model_id).exists()
 
 
-def resolve_model(model_id: str, allow_hub: bool = True, filename: str | None = None) -> Path:
+def resolve_model(model_id: str, allow_hub: bool = True, filename: str | None = None,
+                  allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None) -> Path:
     """The local folder (or file, with ``filename``) holding ``model_id``.
 
     Order: an existing local path; ``$MAPO_BENCH_MODEL_ROOT/<id>``; the hub cache or hub download
-    (short timeouts). Raises :class:`ModelNotFoundError` with one line otherwise.
+    (short timeouts). Raises :class:`ModelNotFoundError` with one line otherwise. ``allow_patterns`` /
+    ``ignore_patterns`` limit a whole-repo download (e.g. skip TF / Flax / ONNX copies of the weights).
     """
     path = Path(model_id).expanduser()
     if path.exists():
@@ -46,10 +48,11 @@ def resolve_model(model_id: str, allow_hub: bool = True, filename: str | None = 
             return candidate / filename if filename else candidate
     if not allow_hub:
         raise _missing(model_id, "hub lookups are disabled")
-    return _from_hub(model_id, filename)
+    return _from_hub(model_id, filename, allow_patterns, ignore_patterns)
 
 
-def _from_hub(model_id: str, filename: str | None) -> Path:
+def _from_hub(model_id: str, filename: str | None, allow_patterns: list[str] | None = None,
+              ignore_patterns: list[str] | None = None) -> Path:
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S)
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", HUB_TIMEOUT_S)
     try:
@@ -61,7 +64,8 @@ def _from_hub(model_id: str, filename: str | None) -> Path:
     try:
         if filename:
             return Path(huggingface_hub.hf_hub_download(model_id, filename, local_files_only=offline))
-        return Path(huggingface_hub.snapshot_download(model_id, local_files_only=offline))
+        return Path(huggingface_hub.snapshot_download(model_id, local_files_only=offline, allow_patterns=allow_patterns,
+                                                      ignore_patterns=ignore_patterns))
     except (HfHubHTTPError, OSError, ValueError) as exc:
         reason = "offline and not in the local cache" if offline else f"hub: {type(exc).__name__}"
         raise _missing(model_id, reason) from None

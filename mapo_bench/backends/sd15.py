@@ -11,6 +11,11 @@ from mapo_bench.config import SamplerConfig
 from mapo_bench.models import resolve_model
 
 
+# Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
+NON_PYTORCH_WEIGHTS = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*openvino*", "*.ckpt",
+                       "*.fp16.safetensors", "*.fp16.bin"]
+
+
 class SD15Backend(Backend):
     name: ClassVar[str] = "sd15"
     default_model: ClassVar[str] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -40,7 +45,7 @@ class SD15Backend(Backend):
         import diffusers
 
         torch_dtype = resolve_dtype(dtype)
-        local = resolve_model(model)
+        local = resolve_model(model, ignore_patterns=NON_PYTORCH_WEIGHTS)
         kwargs = cls.pipeline_kwargs()
         if vae:
             kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(

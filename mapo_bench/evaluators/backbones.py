@@ -106,7 +106,8 @@ class ClipBackbone:
         """``(N, D)`` float32 projected text embeddings; text truncated to 77 tokens (cached by string)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
         if missing:
-            tokens = self.processor(text=missing, padding=True, truncation=True, max_length=77, return_tensors="pt")
+            tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            tokens = tokenizer(missing, padding=True, truncation=True, max_length=77, return_tensors="pt")
             tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
             embeds = features(self.model.get_text_features(**tokens)).float().cpu()
             for text, row in zip(missing, embeds, strict=True):
@@ -118,10 +119,58 @@ class ClipBackbone:
         self._texts.clear()
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+CONFIG_FILES = ("config.json",)
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def resolve_folder(model_id: str, required: tuple[str, ...], either: tuple[str, ...] = (),
+                   optional: tuple[str, ...] = ()) -> Path:
+    """The local folder of ``model_id``, fetching from the hub only the files named here.
+
+    A local path or ``$MAPO_BENCH_MODEL_ROOT/<id>`` is used as is. Otherwise each file goes through
+    :func:`resolve_model` one by one, so a hub repo that also ships TF / Flax / duplicate PyTorch
+    weights costs one copy of the weights, not all of them. ``either``: at least one of these.
+    """
+    from mapo_bench.errors import ModelNotFoundError
+
+    try:
+        return resolve_model(model_id, allow_hub=False)
+    except ModelNotFoundError:
+        pass
+    folder = None
+    for name in required:
+        folder = resolve_model(model_id, filename=name).parent
+    found_either = not either
+    for name in either:
+        try:
+            path = resolve_model(model_id, filename=name)
+        except ModelNotFoundError:
+            continue
+        folder, found_either = path.parent, True
+        if name.endswith(".index.json"):  # sharded weights: fetch every shard the index names
+            import json
+
+            for shard in sorted(set(json.loads(path.read_text()).get("weight_map", {}).values())):
+                resolve_model(model_id, filename=shard)
+        break
+    if not found_either:
+        raise ModelNotFoundError(f"model {model_id!r}: none of {', '.join(either)} could be fetched")
+    for name in optional:
+        try:
+            resolve_model(model_id, filename=name)
+        except ModelNotFoundError:
+            continue
+    assert folder is not None
+    return folder
+
+
 def _load_processor(model_path: Path, processor: str | None) -> Any:
     from transformers import CLIPProcessor
 
-    source = resolve_model(processor) if processor else model_path
+    source = resolve_folder(processor, (), either=PROCESSOR_FILES[:2], optional=PROCESSOR_FILES[2:]) \
+        if processor else model_path
     return CLIPProcessor.from_pretrained(str(source))
 
 
@@ -134,7 +183,8 @@ def clip_backbone(model: str = VIT_L14, device: str | torch.device | None = None
     """
     device = resolve_device(str(device) if device is not None else None)
     torch_type = torch_dtype(dtype)
-    path = resolve_model(model)
+    optional = () if processor else PROCESSOR_FILES
+    path = resolve_folder(model, CONFIG_FILES, either=WEIGHT_FILES, optional=optional)
     key = (str(path.resolve()), str(processor), str(device), str(torch_type))
     if key not in _BACKBONES:
         from transformers import CLIPModel

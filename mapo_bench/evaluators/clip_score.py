@@ -23,7 +23,6 @@ def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.T
 
 class ClipScore(Evaluator):
     name: ClassVar[str] = "clip"
-    summary: ClassVar[str] = "clamp_mean"  # the summary reports max(mean, 0)
     version = "vit-l-14"
 
     def __init__(self, backbone: ClipBackbone) -> None:

@@ -19,10 +19,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mapo_bench.evaluators.backbones import resolve_device, rgb, to_numpy64, torch_dtype
+from mapo_bench.evaluators.backbones import (
+    CONFIG_FILES,
+    WEIGHT_FILES,
+    resolve_device,
+    resolve_folder,
+    rgb,
+    to_numpy64,
+    torch_dtype,
+)
 from mapo_bench.evaluators.base import Evaluator, ScoreContext
 from mapo_bench.evaluators.clip_score import _no_options
-from mapo_bench.models import resolve_model
 
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 SPECIAL_ADJUSTMENT = 0.01
@@ -58,12 +65,13 @@ class NSFWScore(Evaluator):
         from transformers import CLIPImageProcessor
 
         _no_options(cls.name, options)
-        path = resolve_model(model)
+        path = resolve_folder(model, CONFIG_FILES, either=WEIGHT_FILES, optional=PROCESSOR_FILES[:1])
         torch_type = torch_dtype(dtype)
         target = resolve_device(device)
         checker = StableDiffusionSafetyChecker.from_pretrained(str(path), torch_dtype=torch_type).to(target).eval()
         if processor:
-            image_processor = CLIPImageProcessor.from_pretrained(str(resolve_model(processor)))
+            image_processor = CLIPImageProcessor.from_pretrained(
+                str(resolve_folder(processor, (), either=PROCESSOR_FILES)))
         elif any((path / name).is_file() for name in PROCESSOR_FILES):
             image_processor = CLIPImageProcessor.from_pretrained(str(path))
         else:

@@ -1,0 +1,71 @@
+"""Tiny random-init evaluator weights in the real file layouts, for offline tests and benchmarks.
+
+Each builder writes what the matching evaluator loads from the hub: an HPS checkpoint
+(``{"state_dict": ...}`` of an open_clip model), a diffusers safety checker folder with its image
+processor, and an aesthetic MLP state dict. The CLIP backbone itself is
+``mapo_bench.testing.build_tiny_clip``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mapo_bench.testing import TINY_TEXT, tiny_open_clip_config
+
+
+def build_tiny_hps(folder: str | Path, seed: int = 0, versions: tuple[str, ...] = ("v2.1", "v2.0"),
+                   embed_dim: int = 16, image_size: int = 32) -> Path:
+    """``folder/HPS_v2.1_compressed.pt`` (and v2.0) holding tiny open_clip state dicts (seed, seed + 1, ...)."""
+    import open_clip
+
+    from mapo_bench.evaluators.hps import HPS_FILES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset, version in enumerate(versions):
+        torch.manual_seed(seed + offset)
+        model = open_clip.CLIP(**tiny_open_clip_config(embed_dim, image_size))
+        torch.save({"state_dict": model.state_dict()}, folder / HPS_FILES[version])
+    return folder
+
+
+def build_tiny_safety_checker(folder: str | Path, seed: int = 0, projection_dim: int = 16,
+                              image_size: int = 32) -> Path:
+    """A ``StableDiffusionSafetyChecker`` with a tiny ViT and random concept embeddings / thresholds.
+
+    Thresholds are drawn near the cosines random embeddings reach (about +-0.3), so some images are
+    flagged and some are not.
+    """
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=image_size, patch_size=8)
+    config = CLIPConfig(text_config=CLIPTextConfig(**TINY_TEXT).to_dict(), vision_config=vision.to_dict(),
+                        projection_dim=projection_dim)
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        checker.concept_embeds.copy_(torch.randn_like(checker.concept_embeds))
+        checker.special_care_embeds.copy_(torch.randn_like(checker.special_care_embeds))
+        checker.concept_embeds_weights.copy_(0.2 * torch.randn_like(checker.concept_embeds_weights))
+        checker.special_care_embeds_weights.copy_(0.2 * torch.randn_like(checker.special_care_embeds_weights))
+    folder = Path(folder)
+    checker.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_aesthetic(path: str | Path, input_dim: int = 16, seed: int = 0) -> Path:
+    """A random aesthetic MLP (input_dim-1024-128-64-16-1, the real layout) saved as a ``.pth`` state dict."""
+    from mapo_bench.evaluators.aesthetic import AestheticMLP
+
+    torch.manual_seed(seed)
+    mlp = AestheticMLP((input_dim, 1024, 128, 64, 16, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(mlp.state_dict(), path)
+    return path

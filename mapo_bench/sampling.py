@@ -1,0 +1,229 @@
+"""``mapo-bench sample``: evaluation images with the same prompts, seeds and sampler for every model.
+
+Folder layout::
+
+    OUT/images/p{prompt_id:05d}_s{seed}.png   one PNG per (prompt, seed), written atomically
+    OUT/index.parquet                          prompt_id, prompt, seed, model, file
+    OUT/manifest.json                          config, hash, model record, sampler, counts, timings
+    OUT/.sample_key.json                       what the images depend on (resume guard)
+
+Resumable: an image file that exists is complete (atomic writes), so a rerun generates only the
+missing ones; ``index.parquet`` and ``manifest.json`` are written last. Images depend only on (model,
+fine-tune, sampler, dtype, prompt, seed), so adding seeds or prompts later reuses what is there; a
+folder holding images of another model or sampler is refused unless ``overwrite``. Under
+``accelerate launch`` every process generates its share of the items (item i goes to process
+i mod N), and the main process writes the index.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mapo_bench.config import config_hash
+from mapo_bench.errors import MapoBenchError, NotYetImplementedError
+from mapo_bench.evaluators.config import SampleConfig
+from mapo_bench.io import (
+    MANIFEST,
+    Stopwatch,
+    make_manifest,
+    manifest_matches,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+IMAGES = "images"
+INDEX = "index.parquet"
+KEY_FILE = ".sample_key.json"
+INDEX_COLUMNS = ("prompt_id", "prompt", "seed", "model", "file")
+# Keys that do not change any image: excluded from the resume guard.
+RUN_ONLY_KEYS = {"batch_size", "device", "out", "overwrite", "num_prompts", "prompt_seed", "seeds", "model_name"}
+
+
+def image_file(prompt_id: int, seed: int) -> str:
+    return f"{IMAGES}/p{int(prompt_id):05d}_s{int(seed)}.png"
+
+
+def plan(cfg: SampleConfig) -> list[tuple[int, str, int]]:
+    """``[(prompt_id, prompt, seed), ...]``: every prompt with every seed, prompts in id order."""
+    from mapo_bench.data.prompts import load_prompt_records
+
+    records = load_prompt_records(cfg.prompts, cfg.num_prompts, cfg.prompt_seed)
+    return [(int(pid), prompt, int(seed)) for pid, prompt in records for seed in cfg.seeds]
+
+
+def image_key(cfg: SampleConfig) -> str:
+    return config_hash(cfg, exclude=RUN_ONLY_KEYS)
+
+
+def prepare_folder(cfg: SampleConfig) -> None:
+    """Create ``out`` or check that what it holds was made by the same model and sampler."""
+    out = Path(cfg.out)
+    key = image_key(cfg)
+    key_path = out / KEY_FILE
+    if out.exists() and any(out.iterdir()):
+        held = read_json(key_path).get("image_key") if key_path.is_file() else None
+        if held is None:  # never delete a folder this stage did not write
+            raise MapoBenchError(f"{out} exists and is not a sample folder; choose another --out")
+        if held != key:
+            if not cfg.overwrite:
+                raise MapoBenchError(f"{out} holds images of another model, fine-tune, sampler or prompt source; "
+                                     "pass overwrite=true to replace them or choose another --out")
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / MANIFEST, out / INDEX):  # the folder reads as complete only once this run ends
+        stale.unlink(missing_ok=True)
+    write_json_atomic(key_path, {"image_key": key, "config": cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS)})
+
+
+def load_model(cfg: SampleConfig, device: str) -> Any:
+    """The backend with ``unet`` or ``lora`` applied."""
+    from mapo_bench.backends import load_backend
+
+    if cfg.unet is not None and cfg.lora is not None:
+        raise MapoBenchError("sample: give either unet or lora, not both")
+    if cfg.backend == "toy":  # the toy backend applies its own fine-tunes (its UNet/LoRA formats)
+        extra = {k: str(v) for k, v in (("unet", cfg.unet), ("lora", cfg.lora)) if v is not None}
+        for key, folder in extra.items():
+            if not Path(folder).exists():
+                raise MapoBenchError(f"{key}: {folder} not found; pass the folder written by `mapo-bench train`")
+        return load_backend("toy", cfg.model, dtype=cfg.dtype, device=device, **extra)
+    backend = load_backend(cfg.backend, cfg.model, dtype=cfg.dtype, device=device)
+    if cfg.unet is not None:
+        swap_unet(backend, Path(cfg.unet))
+    if cfg.lora is not None:
+        load_lora(backend, Path(cfg.lora))
+    return backend
+
+
+def swap_unet(backend: Any, folder: Path) -> None:
+    """Replace the backend's UNet by the fine-tuned one in ``folder`` (or ``folder/unet``)."""
+    if not folder.is_dir():
+        raise MapoBenchError(f"unet: {folder} is not a folder; pass the UNet folder written by `mapo-bench train`")
+    from diffusers import UNet2DConditionModel
+
+    subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
+    if not (folder / (subfolder or "") / "config.json").is_file():
+        raise MapoBenchError(f"unet: {folder} holds no config.json (a diffusers UNet folder is expected)")
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=subfolder, torch_dtype=backend.dtype)
+    unet.to(backend.device)
+    backend.pipeline.unet = unet
+    backend.unet = unet
+
+
+def load_lora(backend: Any, folder: Path) -> None:
+    """Load LoRA weights (diffusers format, as `mapo-bench train` saves them) into the pipeline."""
+    if not folder.exists():
+        raise MapoBenchError(f"lora: {folder} not found; pass the LoRA folder written by `mapo-bench train`")
+    loader = getattr(backend.pipeline, "load_lora_weights", None)
+    if not callable(loader):
+        raise NotYetImplementedError(f"lora: the {backend.name} backend's pipeline cannot load LoRA weights")
+    loader(str(folder))
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _complete(out: Path, items: list[tuple[int, str, int]]) -> bool:
+    return all((out / image_file(pid, seed)).is_file() for pid, _, seed in items)
+
+
+def sample(cfg: SampleConfig) -> Path:
+    """Generate the missing images of ``cfg`` and write the index and manifest; returns ``cfg.out``."""
+    from accelerate import PartialState
+
+    out = Path(cfg.out)
+    items = plan(cfg)
+    full_hash = config_hash(cfg, exclude={"batch_size", "device", "out", "overwrite"})
+    if manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
+        return out
+    state = PartialState(cpu=_on_cpu(cfg.device))
+    if state.is_main_process:
+        prepare_folder(cfg)
+    state.wait_for_everyone()
+    watch = Stopwatch()
+    mine = items[state.process_index::state.num_processes]
+    todo = [item for item in mine if not (out / image_file(item[0], item[2])).is_file()]
+    backend = None
+    sampler = None
+    if todo or state.is_main_process:
+        with watch.time("load"):
+            backend = load_model(cfg, cfg.device or str(state.device))
+        sampler = cfg.sampler or backend.default_sampler
+    with watch.time("generate"):
+        _generate(backend, sampler, todo, out, cfg.batch_size, show=state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _write_index(cfg, items, out)
+        counts = {"prompts": len({pid for pid, _, _ in items}), "seeds": len(cfg.seeds), "images": len(items),
+                  "generated_by_main": len(todo), "processes": state.num_processes}
+        manifest = make_manifest(cfg, full_hash, counts, watch.timings, model=backend.record() if backend else {},
+                                 model_name=cfg.derived_model_name(),
+                                 sampler=sampler.model_dump(mode="json") if sampler else None)
+        write_json_atomic(out / MANIFEST, manifest)
+    state.wait_for_everyone()
+    return out
+
+
+def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out: Path, batch_size: int,
+              show: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not todo:
+        return
+    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not show) as progress:
+        task = progress.add_task("sample", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            images = backend.generate([p for _, p, _ in batch], [s for _, _, s in batch], sampler)
+            if len(images) != len(batch):
+                raise MapoBenchError(f"backend {backend.name} returned {len(images)} images for {len(batch)} prompts")
+            for (pid, _, seed), image in zip(batch, images, strict=True):
+                write_bytes_atomic(out / image_file(pid, seed), png_bytes(image))
+            progress.advance(task, len(batch))
+
+
+def _write_index(cfg: SampleConfig, items: list[tuple[int, str, int]], out: Path) -> None:
+    import pandas as pd
+
+    missing = [image_file(pid, seed) for pid, _, seed in items if not (out / image_file(pid, seed)).is_file()]
+    if missing:
+        raise MapoBenchError(f"{out}: {len(missing)} images missing after sampling (first: {missing[0]}); rerun to resume")
+    model = cfg.derived_model_name()
+    frame = pd.DataFrame([(pid, prompt, seed, model, image_file(pid, seed)) for pid, prompt, seed in items],
+                         columns=list(INDEX_COLUMNS))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes_atomic(out / INDEX, buffer.getvalue())
+
+
+def read_index(folder: str | Path) -> Any:
+    """The index of a finished sample folder; a folder without one is a one-line error."""
+    import pandas as pd
+
+    folder = Path(folder)
+    path = folder / INDEX
+    if not path.is_file():
+        raise MapoBenchError(f"{folder}: no {INDEX}; pass a folder written by `mapo-bench sample` "
+                             f"(an interrupted one: rerun the sample command to finish it)")
+    frame = pd.read_parquet(path)
+    missing = [c for c in INDEX_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MapoBenchError(f"{path}: missing columns {', '.join(missing)}")
+    return frame
+
+
+def _on_cpu(device: str | None) -> bool:
+    """accelerate needs ``cpu=True`` to join CPU processes (torchrun / accelerate launch) into one group."""
+    if device is not None:
+        return str(device).startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available()
