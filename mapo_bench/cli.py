@@ -33,6 +33,13 @@ def _sugar(overrides: list[str] | None, **flags: object) -> list[str]:
     return items + list(overrides or [])
 
 
+def _quoted(text: str | None) -> str | None:
+    """A free-text flag as a YAML string, so "a photo: x" is not read as a mapping."""
+    import json
+
+    return json.dumps(text) if text is not None else None
+
+
 def _print_path(label: str, path: object) -> None:
     """Print a stage's output path once (on the main process under accelerate or torchrun)."""
     import os
@@ -57,6 +64,15 @@ def build_dataset(
     seed: Annotated[int | None, typer.Option(help="global seed")] = None,
     chosen_prefix: Annotated[str | None, typer.Option(help="custom task: chosen prefix")] = None,
     rejected_prefix: Annotated[str | None, typer.Option(help="custom task: rejected prefix")] = None,
+    pairs_per_prompt: Annotated[int | None, typer.Option(help="pairs per prompt (each has its own seed)")] = None,
+    rejected_variant: Annotated[str | None, typer.Option(help="pick-style rejected prompt: realistic-8k | plain")] = None,
+    severity: Annotated[float | None, typer.Option(help="toy: blend level of the chosen style, (0, 1]")] = None,
+    pairs: Annotated[str | None, typer.Option(help="toy: generated | rendered (renderer control pairs)")] = None,
+    vae: Annotated[str | None, typer.Option(help="VAE override: hub id or local path")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | float16 | bfloat16")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="pairs per generate call")] = None,
+    image_format: Annotated[str | None, typer.Option(help="png | jpeg")] = None,
     out: Annotated[Path | None, typer.Option(help="dataset folder to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
 ) -> None:
@@ -141,6 +157,9 @@ def evaluate(
     metrics: Annotated[str | None, typer.Option(help="comma-separated, e.g. pickscore,aesthetic")] = None,
     images: Annotated[list[Path] | None, typer.Option(help="sample folder(s) from `mapo-bench sample`")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder for scores.parquet")] = None,
+    task: Annotated[str | None, typer.Option(help="task the images answer (recorded)")] = None,
+    target_style: Annotated[str | None, typer.Option(help="style / toy-style: target style text or toy style")] = None,
+    base_style: Annotated[str | None, typer.Option(help="style: the base style text it is compared with")] = None,
 ) -> None:
     """Score images; writes scores.parquet (one row per image and metric) and a summary table.
 
@@ -150,7 +169,8 @@ def evaluate(
 
     metric_list = f"[{metrics}]" if metrics else None
     image_list = "[" + ",".join(str(p) for p in images) + "]" if images else None
-    items = _sugar(overrides, metrics=metric_list, images=image_list, out=out)
+    items = _sugar(overrides, metrics=metric_list, images=image_list, out=out, task=task,
+                   target_style=_quoted(target_style), base_style=_quoted(base_style))
     _print_path("scores:", api.evaluate(config, items))
 
 

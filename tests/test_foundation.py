@@ -157,3 +157,23 @@ def test_every_command_has_an_example_in_help():
         result = runner.invoke(app, [*command.split(), "--help"])
         assert result.exit_code == 0, command
         assert "Example: mapo-bench" in result.output, command
+
+
+def test_cli_build_dataset_flags_reach_the_config(tmp_path, tiny_sd15):
+    """--pairs-per-prompt and the other build flags are overrides of BuildConfig keys."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mapo_bench.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red apple\na blue car\n")
+    result = CliRunner().invoke(app, [
+        "build-dataset", "pick-style", "--split", "pixel-art", "--backend", "sd15", "--model", str(tiny_sd15),
+        "--prompts", str(prompts), "--pairs-per-prompt", "2", "--rejected-variant", "plain", "--batch-size", "4",
+        "--out", str(tmp_path / "ds"), "sampler.steps=2"])
+    assert result.exit_code == 0, result.output
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "ds" / "data").glob("*.parquet")))
+    assert len(frame) == 4
+    prompts_used = set(frame["prompt_0"]) | set(frame["prompt_1"])
+    assert "Pixel art style image. a red apple" in prompts_used and "a red apple" in prompts_used
