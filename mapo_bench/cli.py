@@ -114,7 +114,7 @@ def train(
     model: Annotated[str | None, typer.Option(help="base model: hub id or local path")] = None,
     backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
-    resume: Annotated[str | None, typer.Option(help="latest | PATH to a checkpoint")] = None,
+    resume: Annotated[str | None, typer.Option(help="latest (default) | none | PATH to a checkpoints/step-N folder")] = None,
 ) -> None:
     """Fine-tune with MaPO, Diffusion-DPO or SFT (one loop; full or LoRA; accelerate).
 

@@ -106,6 +106,11 @@ class Backend(ABC):
     def save_unet(self, unet: torch.nn.Module, folder: str) -> None:
         """Save a fully fine-tuned UNet so this family's pipeline loads it (diffusers layout)."""
 
+    def save_lora(self, unet: torch.nn.Module, folder: str) -> Any:
+        """Optional: save LoRA weights in this family's own format. None means "use the pipeline's
+        ``save_lora_weights``" (diffusers families); the toy backend overrides it."""
+        return None
+
     def lora_target_modules(self) -> list[str]:
         """Module names LoRA adapts by default (REFERENCE.md section 3)."""
         return ["to_k", "to_q", "to_v", "to_out.0"]

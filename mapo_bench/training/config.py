@@ -112,8 +112,9 @@ class TrainConfig(StrictModel):
     dataset: str | None = None
     """Folder in the Pick-a-Pic layout (data/*.parquet), a parquet file, or a Hub dataset id."""
     out: Path | None = None
-    resume: str | None = None
-    """None = start fresh; 'latest' = the newest checkpoint of this output (fresh if none); or a checkpoint path."""
+    resume: str | None = "latest"
+    """'latest' (default) = continue from the newest checkpoint in <out>.partial if there is one, else
+    start; a checkpoint folder path; or none/null = start over, discarding <out>.partial."""
     overwrite: bool = False
 
     data: DataConfig = DataConfig()
@@ -133,6 +134,16 @@ class TrainConfig(StrictModel):
     keep_last: int = Field(2, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights of the frozen parts (text encoders; UNet base under LoRA). A fully fine-tuned UNet trains in float32."""
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume(cls, value: object) -> object:
+        return None if value is False or (isinstance(value, str) and value.lower() in ("none", "no", "")) else value
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
     @field_validator("method")
     @classmethod

@@ -1,0 +1,494 @@
+"""THE training loop: one loop for MaPO, Diffusion-DPO and SFT on any backend (DESIGN.md section 4).
+
+Per micro-batch: latents of chosen and rejected (cached or fresh), one noise and one timestep per pair
+shared by both images, the no-grad reference forward first when the method needs one (LoRA: the same
+UNet with adapters disabled; full fine-tune: a frozen copy), then ONE policy UNet call on the 2B
+batch (SFT: B chosen images), float32 per-sample errors and the method's loss. accelerate handles
+mixed precision and DDP; gradient accumulation is explicit (``no_sync`` on all but the last
+micro-batch). The run trains in ``<out>.partial/`` (checkpoints, log) and the final folder appears
+in one rename when the export is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mapo_bench import losses
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.training.config import TrainConfig, result_hash
+
+LOG_FILE = "train_log.jsonl"
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says and return the output folder (skipped when a matching output exists)."""
+    from mapo_bench.io import manifest_matches
+
+    if cfg.dataset is None:
+        raise MapoBenchError("train: no dataset; pass --dataset FOLDER_OR_HUB_ID (or dataset: in the config)")
+    if cfg.out is None:
+        raise MapoBenchError("train: no output folder; pass --out FOLDER (or out: in the config)")
+    out = Path(cfg.out)
+    if not cfg.overwrite and manifest_matches(out, result_hash(cfg)):
+        _console_print(f"[yellow]{out} is complete for this config; skipping (overwrite=true to retrain)[/yellow]")
+        return out
+    if out.exists() and not cfg.overwrite:
+        raise MapoBenchError(f"{out} already exists with another config; pass overwrite=true or choose another --out")
+    return Trainer(cfg).run()
+
+
+def work_dir(out: Path) -> Path:
+    """Where an unfinished run lives (checkpoints, log): a sibling of the final folder."""
+    return out.with_name(out.name + ".partial")
+
+
+class AdapterSwitch:
+    """Turns all LoRA layers of a model off and on, through a list of tuner layers collected once."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        if not self.layers:
+            raise MapoBenchError("LoRA reference: the UNet has no adapter layers; check lora.target_modules")
+
+    @contextlib.contextmanager
+    def disabled(self):
+        for layer in self.layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.enable_adapters(True)
+
+
+class Trainer:
+    """Everything one run holds: accelerator, backend, data, UNet (+ reference), optimizer, generators."""
+
+    def __init__(self, cfg: TrainConfig, *, use_cache: bool | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from mapo_bench.backends import load_backend
+        from mapo_bench.registry import METHODS
+        from mapo_bench.threads import configure_threads
+
+        configure_threads()
+        self.cfg = cfg
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise MapoBenchError("mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
+        trackers = self._trackers()
+        _fresh_accelerate_state()
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                                       log_with=trackers or None,
+                                       project_dir=str(work_dir(Path(cfg.out))) if cfg.out else None)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        set_seed(cfg.seed)
+        self.method = METHODS.get(cfg.method)
+        options: dict[str, Any] = {"dtype": cfg.dtype, "device": str(self.accelerator.device)}
+        if cfg.vae:
+            options.update(vae=cfg.vae, vae_dtype="float32")
+        self.backend = load_backend(cfg.backend, cfg.model, **options)
+        self.model_id = cfg.model or self.backend.model_id
+        self.resolution = cfg.effective_resolution(self.backend.default_resolution)
+        self.num_train_timesteps = int(self.backend.noise_scheduler.config.num_train_timesteps)
+        self._setup_data(use_cache)
+        self._setup_model()
+        self._setup_optimizer()
+        seed = int(np.random.SeedSequence([cfg.seed, self.rank, 0x5EED]).generate_state(1)[0])
+        self.generator = torch.Generator().manual_seed(seed)
+        from mapo_bench.training.data import EpochOrder
+
+        self.order = EpochOrder(len(self.selection), cfg.batch_size * self.world, cfg.seed)
+        self.step = 0
+
+    # -- setup --------------------------------------------------------------------------------------
+    def _trackers(self) -> list[str]:
+        import importlib.util
+
+        names = []
+        for flag, name, module in (("tensorboard", "tensorboard", "tensorboard"), ("wandb", "wandb", "wandb")):
+            if getattr(self.cfg.log, flag):
+                if importlib.util.find_spec(module) is None:
+                    raise MapoBenchError(f"log.{flag}=true needs {module}: pip install 'mapo-bench[tracking]'")
+                names.append(name)
+        return names
+
+    def _setup_data(self, use_cache: bool | None) -> None:
+        from mapo_bench.data.reader import find_bad_rows, open_pairs, select_pairs
+
+        cfg, acc = self.cfg, self.accelerator
+        self.source = open_pairs(cfg.dataset, cfg.data.split)
+        bad = find_bad_rows(self.source, progress=self._show_progress()) if cfg.data.skip_bad_rows else {}
+        self.selection = select_pairs(self.source, cfg.data.tie_policy, cfg.data.label_noise, cfg.data.max_samples,
+                                      cfg.seed, bad)
+        if len(self.selection) < cfg.batch_size * self.world:
+            raise MapoBenchError(f"{cfg.dataset}: {len(self.selection)} pairs, fewer than one global batch "
+                                 f"({cfg.batch_size} x {self.world} processes); lower batch_size")
+        enabled = cfg.cache.enabled if use_cache is None else use_cache
+        if enabled and cfg.data.crop == "random":
+            import warnings
+
+            warnings.warn("data.crop=random: the latent cache is off (each step draws its own crop)", stacklevel=2)
+            enabled = False
+        self.cache = None
+        if enabled:
+            from mapo_bench.training.cache import LatentCache, cache_key, default_cache_dir, key_folder
+
+            key = cache_key(backend=self.backend, model=self.model_id, vae=cfg.vae, dtype=cfg.dtype,
+                            resolution=self.resolution, crop="center", dataset_fingerprint=self.source.fingerprint,
+                            split=cfg.data.split)
+            folder = key_folder(cfg.cache.dir or default_cache_dir(), key)
+            rows = [int(r) for r in np.unique(self.selection.rows)]
+            if acc.is_main_process:
+                LatentCache(folder, key).build_missing(self.backend, self.source, rows, self.resolution,
+                                                       cfg.batch_size, progress=self._show_progress())
+            acc.wait_for_everyone()
+            self.cache = LatentCache(folder, key)
+            self.cache_folder = folder
+
+    def _setup_model(self) -> None:
+        from mapo_bench.training.cache import frozen_modules
+
+        cfg = self.cfg
+        for module in frozen_modules(self.backend).values():
+            module.requires_grad_(False)
+        unet = self.backend.unet
+        self.reference = None
+        self.adapters = None
+        if cfg.lora.enabled:
+            from peft import LoraConfig
+
+            unet.requires_grad_(False)
+            targets = cfg.lora.target_modules or self.backend.lora_target_modules()
+            unet.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha or cfg.lora.rank,
+                                        init_lora_weights="gaussian" if cfg.lora.init == "gaussian" else True,
+                                        target_modules=targets))
+            for p in unet.parameters():  # LoRA matrices train in float32 whatever the base dtype
+                if p.requires_grad:
+                    p.data = p.data.float()
+            if self.method.needs_reference:
+                self.adapters = AdapterSwitch(unet)
+        else:
+            if next(unet.parameters()).dtype != torch.float32:  # a full fine-tune trains float32 weights
+                unet.to(torch.float32)
+            unet.requires_grad_(True)
+            if self.method.needs_reference:
+                self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
+                if cfg.mixed_precision != "no":
+                    self.reference.to({"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision])
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        self.model_dtype = next(p for p in unet.parameters() if not p.requires_grad or not cfg.lora.enabled).dtype
+        self.unet = unet
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        opt = self.cfg.optim
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        if opt.name == "adamw":
+            self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
+                                               eps=opt.eps)
+        elif opt.name == "adafactor":
+            from transformers.optimization import Adafactor
+
+            self.optimizer = Adafactor(self.params, lr=opt.lr, weight_decay=opt.weight_decay, relative_step=False,
+                                       scale_parameter=False, warmup_init=False)
+        else:
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise MapoBenchError("optim.name=adamw8bit needs bitsandbytes: pip install 'mapo-bench[bnb]' "
+                                     "(a CUDA GPU is required), or use optim.name=adamw") from None
+            self.optimizer = bnb.optim.AdamW8bit(self.params, lr=opt.lr, betas=opt.betas,
+                                                 weight_decay=opt.weight_decay, eps=opt.eps)
+        self.scheduler = get_scheduler(opt.lr_scheduler, self.optimizer, num_warmup_steps=opt.warmup_steps,
+                                       num_training_steps=self.cfg.max_steps)
+
+    def prepare(self) -> None:
+        """Hand UNet and optimizer to accelerate (DDP, mixed precision). The scheduler steps once per update."""
+        self.model, self.optimizer = self.accelerator.prepare(self.unet, self.optimizer)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def _cast(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.model_dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+    def compute_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on one micro-batch of pairs (indices into the selection)."""
+        from mapo_bench.training.data import make_batch, noise_and_timesteps
+
+        cfg, backend, method = self.cfg, self.backend, self.method
+        batch = make_batch(backend=backend, source=self.source, selection=self.selection, indices=indices,
+                           generator=self.generator, resolution=self.resolution, crop=cfg.data.crop,
+                           flip=cfg.data.flip, uses_rejected=method.uses_rejected, cache=self.cache)
+        x0 = batch.x0.float()
+        noise, t = noise_and_timesteps(x0, batch.pairs, self.num_train_timesteps, self.generator, method.uses_rejected)
+        noisy = backend.noise_scheduler.add_noise(x0, noise, t).to(self.model_dtype)
+        target = backend.target(x0, noise, t)
+        cond = self._cast(batch.conditioning)
+        r_w = r_l = None
+        if method.needs_reference:
+            with torch.no_grad():
+                if self.adapters is not None:
+                    with self.adapters.disabled():
+                        ref_pred = backend.predict(self.accelerator.unwrap_model(self.model), noisy, t, cond)
+                else:
+                    ref_pred = backend.predict(self.reference, noisy, t, cond)
+                r_w, r_l = losses.per_sample_error(ref_pred, target).chunk(2)
+        pred = backend.predict(self.model, noisy, t, cond)
+        m = losses.per_sample_error(pred, target)
+        m_w, m_l = m.chunk(2) if method.uses_rejected else (m, None)
+        out = method.loss(m_w, m_l, r_w, r_l, beta=cfg.beta, snr_value=cfg.snr_value,
+                          num_train_timesteps=self.num_train_timesteps)
+        metrics = {"loss": out.loss.item(), **out.metrics}
+        if m_l is not None:
+            metrics["margin"] = (m_l - m_w).mean().item()
+        return out.loss, metrics
+
+    def optimizer_step(self, micro_batches: list[np.ndarray]) -> dict[str, float]:
+        """One optimizer update over ``grad_accum`` micro-batches; returns the averaged metrics."""
+        acc, n = self.accelerator, len(micro_batches)
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        for i, indices in enumerate(micro_batches):
+            sync = i == n - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                with acc.autocast():
+                    loss, metrics = self.compute_loss(indices)
+                self._guard(loss)
+                acc.backward(loss / n)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value / n
+        max_norm = self.cfg.optim.max_grad_norm or math.inf
+        grad_norm = acc.clip_grad_norm_(self.params, max_norm)
+        lr = self.scheduler.get_last_lr()[0]  # the lr this update uses
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.world > 1:
+            keys = sorted(sums)
+            reduced = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device), "mean")
+            sums = dict(zip(keys, reduced.tolist(), strict=True))
+        elapsed = time.perf_counter() - start
+        sums.update(step=self.step, lr=lr,
+                    grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                    step_time=elapsed, samples_per_s=n * len(micro_batches[0]) * self.world / elapsed,
+                    epoch=self.order.epoch)
+        return sums
+
+    def _guard(self, loss: torch.Tensor) -> None:
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=self.accelerator.device)
+        if self.world > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() > 0:
+            from mapo_bench.training.checkpoint import latest_checkpoint
+
+            last = latest_checkpoint(work_dir(Path(self.cfg.out))) if self.cfg.out else None
+            raise MapoBenchError(
+                f"train: the {self.cfg.method} loss is {loss.item()} at step {self.step + 1}; stopped. "
+                f"Last good checkpoint: {last or 'none yet'}. Lower optim.lr (now {self.cfg.optim.lr:g}) or check the data")
+
+    def next_micro_batches(self) -> list[np.ndarray]:
+        b = self.cfg.batch_size
+        return [self.order.next()[self.rank * b:(self.rank + 1) * b] for _ in range(self.cfg.grad_accum)]
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save(self, work: Path) -> Path | None:
+        from accelerate.utils import gather_object
+
+        from mapo_bench.training.checkpoint import save_checkpoint
+
+        states = gather_object([self.generator.get_state()]) if self.world > 1 else [self.generator.get_state()]
+        path = None
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(
+                work, self.step, unet=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+                scheduler=self.scheduler, generator_states={f"step.rank{r}": s for r, s in enumerate(states)},
+                state={**self.order.state(), "world": self.world, "result_hash": result_hash(self.cfg)},
+                keep_last=self.cfg.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Load weights, optimizer, scheduler, generators and data position (before ``prepare``)."""
+        from mapo_bench.training.checkpoint import load_checkpoint, restore_trainable
+        from mapo_bench.training.data import EpochOrder
+
+        ckpt = load_checkpoint(path)
+        state = ckpt["state"]
+        if state.get("result_hash") != result_hash(self.cfg):
+            raise MapoBenchError(f"{path}: checkpoint was made with other settings (result hash "
+                                 f"{state.get('result_hash')} vs {result_hash(self.cfg)}); resume with the same config, "
+                                 "or pass --resume none (or overwrite=true) to start over")
+        if state.get("world") != self.world:
+            raise MapoBenchError(f"{path}: checkpoint was made with {state.get('world')} processes, now {self.world}; "
+                                 "resume with the same number of processes")
+        restore_trainable(self.unet, ckpt["trainable"], path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.generator.set_state(ckpt["generators"][f"step.rank{self.rank}"])
+        self.order = EpochOrder(len(self.selection), self.cfg.batch_size * self.world, self.cfg.seed,
+                                state["epoch"], state["position"])
+        self.step = int(state["step"])
+
+    def _resume_point(self, work: Path) -> Path | None:
+        from mapo_bench.training.checkpoint import latest_checkpoint, list_checkpoints
+
+        resume = self.cfg.resume
+        if resume is None or self.cfg.overwrite:
+            if list_checkpoints(work):
+                _console_print(f"[yellow]starting over: discarding the checkpoints in {work}[/yellow]", self.accelerator)
+            return None
+        if resume == "latest":
+            return latest_checkpoint(work)
+        return Path(resume)
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from mapo_bench.io import Stopwatch, atomic_dir, make_manifest, write_json_atomic
+
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.out)
+        work = work_dir(out)
+        watch = Stopwatch()
+        resume_from = self._resume_point(work)
+        if acc.is_main_process:
+            if resume_from is None and work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        if resume_from is not None:
+            self.restore(resume_from)
+            _console_print(f"resuming from {resume_from} (step {self.step})", acc)
+        self.prepare()
+        log_path = work / LOG_FILE
+        if acc.is_main_process:
+            _truncate_log(log_path, self.step)
+            if self.accelerator.log_with:
+                acc.init_trackers("mapo-bench", config=_flat(cfg.model_dump(mode="json")))
+        last: dict[str, float] = {}
+        with watch.time("train"), _Progress(acc.is_main_process and self._show_progress(), cfg.max_steps,
+                                            self.step) as bar:
+            while self.step < cfg.max_steps:
+                last = self.optimizer_step(self.next_micro_batches())
+                if acc.is_main_process:
+                    if self.step % cfg.log.every == 0 or self.step == cfg.max_steps:
+                        with open(log_path, "a") as handle:
+                            handle.write(json.dumps(last) + "\n")
+                        if acc.log_with:
+                            acc.log({k: v for k, v in last.items() if k != "step"}, step=self.step)
+                    bar.update(self.step, last)
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                    self.save(work)
+        if acc.log_with:
+            acc.end_training()
+        if acc.is_main_process:
+            with watch.time("export"), atomic_dir(out, overwrite=True) as tmp:
+                self.export(tmp)
+                shutil.copy2(log_path, tmp / LOG_FILE)
+                from mapo_bench.config import dump_yaml
+
+                (tmp / "config.yaml").write_text(dump_yaml(cfg))
+                write_json_atomic(tmp / "manifest.json", make_manifest(
+                    cfg, result_hash(cfg), counts={**self.selection.counts, "steps": self.step,
+                                                   "processes": self.world},
+                    timings=watch.timings, method=cfg.method, backend=self.backend.record(),
+                    output="lora" if cfg.lora.enabled else "unet", final_metrics=last,
+                    dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None))
+            shutil.rmtree(work, ignore_errors=True)
+        acc.wait_for_everyone()
+        return out
+
+    def export(self, folder: Path) -> None:
+        from mapo_bench.training.checkpoint import export_lora
+
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.cfg.lora.enabled:
+            export_lora(self.backend, unet, folder)
+        else:
+            self.backend.save_unet(unet, str(folder / "unet"))
+
+    def _show_progress(self) -> bool:
+        return self.cfg.log.progress and self.accelerator.is_main_process
+
+
+def _fresh_accelerate_state() -> None:
+    """Let one process train several models with different mixed precision (``mapo-bench run``).
+
+    accelerate keeps one process-wide AcceleratorState that refuses a second, different setting; the
+    distributed (Partial) state is kept, only the per-run state is cleared.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    with contextlib.suppress(AttributeError):
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only log rows up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _console_print(message: str, accelerator: Any = None) -> None:
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    from rich.console import Console
+
+    Console(stderr=True).print(message)
+
+
+class _Progress:
+    """A rich progress bar over optimizer steps showing loss and implicit accuracy (a no-op when off)."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"), transient=True)
+            self.task = self.bar.add_task("train", total=self.total, completed=self.done, info="")
+            self.bar.start()
+        return self
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            info = f"loss {metrics.get('loss', float('nan')):.4f}"
+            if "implicit_acc" in metrics:
+                info += f" acc {metrics['implicit_acc']:.2f}"
+            self.bar.update(self.task, completed=step, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
