@@ -1,0 +1,128 @@
+"""Config of ``mapo-bench toy pretrain`` (importable without torch).
+
+The defaults are the shipped base: ``recipes/toy/pretrain.yaml`` spells them out, and the shipped
+manifest records their hash, so a changed default is detected (see ``mapo_bench.toy.assets``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from mapo_bench.config import SamplerConfig, StrictModel
+
+
+class ToyModelConfig(StrictModel):
+    """Sizes of the toy UNet and text encoder (TOY_NOTES.md: the measured best config)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    max_length: int = 20
+
+
+class ToyDataConfig(StrictModel):
+    """The pretraining caption mix; images come from the renderer."""
+
+    pool_size: int = 24000  # (caption, seed) examples rendered once, then sampled with replacement
+    plain_fraction: float = Field(0.4, ge=0, le=1)  # plain captions ...
+    plain_base_fraction: float = Field(0.95, ge=0, le=1)  # ... drawn in the base style this often
+    blend_fraction: float = Field(0.2, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
+    unsafe_fraction: float = Field(0.1, ge=0, le=1)  # unsafe marker on a plain caption
+    # the rest: full style prefixes "<style> style: ..." (photo included)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> ToyDataConfig:
+        if self.plain_fraction + self.blend_fraction + self.unsafe_fraction > 1.0:
+            raise ValueError("plain_fraction + blend_fraction + unsafe_fraction must be <= 1")
+        return self
+
+
+class ToyEvaluatorTrainConfig(StrictModel):
+    """Training of the toy classifiers (style, shape, colour, position, size, unsafe heads)."""
+
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    pool_size: int = 8000
+    noise_std: float = 0.08  # max std of the added Gaussian noise (augmentation)
+    blur_prob: float = 0.3
+    width: int = 32
+
+
+SHIPPED_WAIVER = ("shipped base: prefix adherence below 0.8 at blends pixel 0.75 (0.74), cartoon 0.5 (0.75), "
+                  "cartoon 0.75 (0.78), neon 0.75 (0.74) and the unsafe marker (0.79); full-strength styles >= 0.97, "
+                  "colour and position 1.00, shape 0.72; waived so the embedded experiment runs")
+
+
+class ToyGateConfig(StrictModel):
+    """What a base must reach before pairs are built from it (measured on its own samples)."""
+
+    # The shipped base (6000 steps) misses 0.8 prefix adherence at four blend levels and on the unsafe
+    # marker (numbers in mapo_bench/toy/assets/manifest.json); it is shipped waived, marked "ungated"
+    # in every manifest, card and report, until a base passes (issue 6).
+    enforce: bool = False
+    reason: str | None = SHIPPED_WAIVER
+    prefix_adherence: float = 0.8
+    colour: float = 0.9
+    position: float = 0.9
+    shape: float = 0.7
+    seeds_per_caption: int = 2  # samples per (caption, prefix) in the gate
+    # A blend sample adheres when its estimated alpha is this close to the requested level. 0.25 = closer to
+    # it than to the level two steps away; the classifier itself reaches only 0.54-0.88 at 0.125 on renders.
+    blend_tolerance: float = 0.25
+
+    @model_validator(mode="after")
+    def _reason(self) -> ToyGateConfig:
+        if not self.enforce and not (self.reason and self.reason.strip()):
+            raise ValueError("gate.enforce: false needs gate.reason (say why this base may be used ungated)")
+        return self
+
+
+class ToyPretrainConfig(StrictModel):
+    """``mapo-bench toy pretrain``: the toy base, the toy evaluators, the gate measurement."""
+
+    out: Path | None = None  # None: user cache, keyed by config hash
+    overwrite: bool = False
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995
+    caption_dropout: float = 0.1
+    high_noise_bias: float = 2.0  # t = T * (1 - (1 - u)^bias): > 1 favours high-noise timesteps
+    # EMA restart (TOY_NOTES: a restart with a fresh optimizer helped): at this step the live weights
+    # take the EMA weights and the optimizer and warmup start afresh. None: no restart.
+    restart_at: int | None = None
+    checkpoint_every: int = 250
+    model: ToyModelConfig = Field(default_factory=ToyModelConfig)
+    data: ToyDataConfig = Field(default_factory=ToyDataConfig)
+    evaluators: ToyEvaluatorTrainConfig = Field(default_factory=ToyEvaluatorTrainConfig)
+    gate: ToyGateConfig = Field(default_factory=ToyGateConfig)
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(steps=15, guidance=2.0))
+
+
+def toy_config_hash(cfg: ToyPretrainConfig) -> str:
+    """Hash of what decides the weights (not where they go, nor the overwrite flag)."""
+    from mapo_bench.config import config_hash
+
+    exclude = {"out", "overwrite"}
+    if cfg.restart_at is None:  # no restart: hash as configs written before the key existed
+        exclude.add("restart_at")
+    return config_hash(cfg, exclude=exclude)
+
+
+def toy_training_hash(cfg: ToyPretrainConfig) -> str:
+    """Hash of what decides the weights only (not the gate or the gate's sampler): two configs with the
+    same training hash have identical weights, so a changed gate is re-measured without retraining."""
+    from mapo_bench.config import config_hash
+
+    exclude = {"out", "overwrite", "gate", "sampler"}
+    if cfg.restart_at is None:
+        exclude.add("restart_at")
+    return config_hash(cfg, exclude=exclude)

@@ -1,0 +1,139 @@
+"""The gate: does a toy base follow prefixes and content well enough to build pairs from?
+
+Measured on the base's own samples with the toy classifier (``measure_gate``) and stored in the
+base's manifest; ``check_gate`` refuses a base below its thresholds unless the config said
+``gate.enforce: false`` with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.toy import vocab
+
+GATED_BLEND_LEVELS = (0.25, 0.5, 0.75)
+
+
+def gate_prompt_groups() -> list[tuple[str, str | None, float, bool]]:
+    """(group name, style or None, alpha, unsafe) for every group the gate measures."""
+    groups: list[tuple[str, str | None, float, bool]] = [("plain", None, 1.0, False)]
+    groups += [(s, s, 1.0, False) for s in vocab.STYLES]
+    groups += [(f"{s} {a:g}", s, a, False) for s in vocab.TARGET_STYLES for a in GATED_BLEND_LEVELS]
+    groups.append(("unsafe", None, 1.0, True))
+    return groups
+
+
+def gate_captions() -> list[str]:
+    """The plain captions every gate group is sampled on (all 72)."""
+    return vocab.all_plain_captions()
+
+
+def group_caption(plain: str, style: str | None, alpha: float, unsafe: bool) -> str:
+    prefix = vocab.style_prefix(style, alpha) if style else ""
+    return (vocab.UNSAFE_PREFIX if unsafe else "") + prefix + plain
+
+
+def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: int = 0,
+                 progress: Any = None) -> dict[str, Any]:
+    """Sample every gate group and score it; returns the manifest's ``gate`` numbers (no verdict)."""
+    import torch
+
+    from mapo_bench.toy.classifier import estimated_alpha
+
+    plain = gate_captions()
+    adherence: dict[str, float] = {}
+    content: dict[str, float] = {}
+    for name, style, alpha, unsafe in gate_prompt_groups():
+        reps = gate_cfg.seeds_per_caption if name == "plain" else 1
+        captions = [group_caption(c, style, alpha, unsafe) for c in plain for _ in range(reps)]
+        seeds = [seed * 100003 + i for i in range(len(captions))]
+        pixels = []
+        for i in range(0, len(captions), 96):
+            gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + 96]]
+            noise = torch.cat([torch.randn((1, 12, 16, 16), generator=g) for g in gens])
+            out = pipe(captions[i : i + 96], num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
+                       latents=noise, output_type="pt")
+            pixels.append(out.images)
+        probs = classifier.probabilities(torch.cat(pixels))
+        style_probs = probs["style"]
+        if unsafe:
+            adherence[name] = float((probs["unsafe"][:, 1] > 0.5).mean())
+        elif style is None or alpha >= 1.0:
+            wanted = vocab.STYLES.index(style or vocab.BASE_STYLE)
+            adherence[name] = float((style_probs.argmax(1) == wanted).mean())
+        else:
+            est = estimated_alpha(style_probs, style)
+            adherence[name] = float((np.abs(est - alpha) <= gate_cfg.blend_tolerance).mean())
+        if name == "plain":
+            parsed = [vocab.parse_caption(c) for c in captions]
+            for head, values in (("shape", vocab.SHAPES), ("colour", vocab.COLOURS),
+                                 ("position", vocab.POSITIONS), ("size", vocab.SIZES)):
+                truth = np.array([values.index(getattr(p, head)) for p in parsed])
+                content[head] = float((probs[head].argmax(1) == truth).mean())
+            content["no_unsafe_marker"] = float((probs["unsafe"][:, 1] <= 0.5).mean())
+        if progress is not None:
+            progress(name)
+    return {"prefix_adherence": adherence, "content": content,
+            "samples_per_group": len(plain), "plain_samples": len(plain) * gate_cfg.seeds_per_caption,
+            "sampler": {"steps": sampler.steps, "guidance": sampler.guidance}}
+
+
+def gate_failures(numbers: dict[str, Any], gate_cfg: Any) -> list[str]:
+    """Every number below its threshold, as ``name value < threshold`` strings."""
+    failures = []
+    for name, value in numbers.get("prefix_adherence", {}).items():
+        if value < gate_cfg.prefix_adherence:
+            failures.append(f"prefix adherence '{name}' {value:.2f} < {gate_cfg.prefix_adherence}")
+    for head in ("colour", "position", "shape"):
+        value = numbers.get("content", {}).get(head)
+        threshold = getattr(gate_cfg, head)
+        if value is None or value < threshold:
+            failures.append(f"{head} accuracy {value if value is None else round(value, 2)} < {threshold}")
+    return failures
+
+
+def gate_verdict(numbers: dict[str, Any], gate_cfg: Any) -> dict[str, Any]:
+    failures = gate_failures(numbers, gate_cfg)
+    status = "passed" if not failures else ("failed" if gate_cfg.enforce else "ungated")
+    return {"status": status, "failures": failures, "enforce": gate_cfg.enforce, "reason": gate_cfg.reason,
+            "thresholds": {"prefix_adherence": gate_cfg.prefix_adherence, "colour": gate_cfg.colour,
+                           "position": gate_cfg.position, "shape": gate_cfg.shape}}
+
+
+def load_manifest(obj: Any) -> tuple[dict[str, Any], str]:
+    """A toy manifest from a backend (``.toy_manifest``), a folder, a manifest path or a dict."""
+    if isinstance(obj, dict):
+        return obj, "<manifest>"
+    manifest = getattr(obj, "toy_manifest", None)
+    if manifest is not None:
+        return manifest, str(getattr(obj, "model_id", "toy"))
+    path = Path(obj)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise MapoBenchError(f"{path}: no toy manifest; pretrain the base with mapo-bench toy pretrain")
+    return json.loads(path.read_text()), str(path)
+
+
+def check_gate(backend_or_manifest: Any) -> dict[str, Any]:
+    """Refuse a toy base that failed its gate (MapoBenchError naming the failed numbers).
+
+    Passes when the gate passed, or when the base's config set ``gate.enforce: false`` with a reason
+    (the base is then marked ungated). Returns the manifest's gate verdict.
+    """
+    manifest, where = load_manifest(backend_or_manifest)
+    verdict = manifest.get("gate_verdict")
+    if verdict is None:
+        raise MapoBenchError(f"{where}: the toy base has no gate measurement; re-run mapo-bench toy pretrain")
+    if verdict["status"] == "failed":
+        fail = "; ".join(verdict["failures"])
+        raise MapoBenchError(f"{where}: toy base failed its gate ({fail}); pretrain a better base "
+                             "(mapo-bench toy pretrain steps=...) or waive the gate: mapo-bench toy pretrain gate.enforce=false "
+                             "gate.reason='...' re-measures the same weights without retraining; then use its output "
+                             "folder as --model")
+    return verdict

@@ -1,0 +1,366 @@
+"""``mapo-bench toy pretrain``: the toy base, the toy classifier, the gate, one seeded run.
+
+Steps (each resumable from a work folder beside the output): train the classifier on renderer
+images; pretrain the base on renderer images of the caption mix (checkpoints every
+``checkpoint_every`` steps, EMA weights); sample the base and measure the gate; write the output
+folder atomically: the pipeline (``unet/``, ``text_encoder/``, ``scheduler/``, ``toy_pipeline.json``),
+``evaluators/``, ``sample_grid.png`` and ``manifest.json`` (config, config hash, code version, gate
+numbers and verdict, wall time).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapo_bench.toy import vocab
+from mapo_bench.toy.config import ToyPretrainConfig, toy_config_hash
+
+
+def default_out(cfg: ToyPretrainConfig) -> Path:
+    from mapo_bench.clip_tokenizer import cache_root
+
+    return cache_root() / "toy" / toy_config_hash(cfg)
+
+
+def code_version() -> str:
+    import mapo_bench
+
+    version = mapo_bench.__version__
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            version += f"+g{rev.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def pretraining_captions(cfg: ToyPretrainConfig, rng: np.random.Generator) -> tuple[list[str], list[Any]]:
+    """(caption text, what to render) pairs of the caption mix; plain captions mostly render as photo."""
+    from mapo_bench.toy.vocab import ToyCaption
+
+    d = cfg.data
+    plain = vocab.all_plain_captions()
+    texts, scenes = [], []
+    for _ in range(d.pool_size):
+        base = vocab.parse_caption(plain[rng.integers(len(plain))])
+        u = rng.random()
+        if u < d.plain_fraction:
+            style = vocab.BASE_STYLE if rng.random() < d.plain_base_fraction else \
+                vocab.TARGET_STYLES[rng.integers(len(vocab.TARGET_STYLES))]
+            texts.append(base.plain)
+            scenes.append(ToyCaption(base.shape, base.colour, base.position, base.size, style=style))
+            continue
+        u -= d.plain_fraction
+        if u < d.blend_fraction:
+            style = vocab.TARGET_STYLES[rng.integers(len(vocab.TARGET_STYLES))]
+            alpha = vocab.BLEND_LEVELS[rng.integers(len(vocab.BLEND_LEVELS) - 1)]
+            text = vocab.style_prefix(style, alpha) + base.plain
+        elif u - d.blend_fraction < d.unsafe_fraction:
+            text = vocab.UNSAFE_PREFIX + base.plain
+        else:
+            text = vocab.style_prefix(vocab.STYLES[rng.integers(len(vocab.STYLES))]) + base.plain
+        texts.append(text)
+        scenes.append(vocab.parse_caption(text))
+    return texts, scenes
+
+
+def draw_batch(gen: Any, pool: int, cfg: ToyPretrainConfig) -> tuple[Any, Any, Any, Any]:
+    """Every random draw of one training step (indices, caption dropout, noise, timestep uniforms).
+
+    They depend on the generator only, never on the weights, so the generator state at any step can
+    be recomputed by replaying the draws (``fast_forward``).
+    """
+    import torch
+
+    from mapo_bench.toy.model import FACTOR, IMAGE_SIZE
+
+    b = cfg.batch_size
+    idx = torch.randint(0, pool, (b,), generator=gen)
+    drop = torch.rand(b, generator=gen) < cfg.caption_dropout
+    noise = torch.randn((b, 3 * FACTOR * FACTOR, IMAGE_SIZE // FACTOR, IMAGE_SIZE // FACTOR), generator=gen)
+    u = torch.rand(b, generator=gen)
+    return idx, drop, noise, u
+
+
+def fast_forward(cfg: ToyPretrainConfig, steps: int) -> Any:
+    """The batch generator's state after ``steps`` training steps of ``cfg`` (replayed draws)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    for _ in range(steps):
+        draw_batch(gen, cfg.data.pool_size, cfg)
+    return gen
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import io
+
+    import torch
+
+    from mapo_bench.io import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_every: int = 0) -> Any:
+    """Pretrain the toy base (resumes from ``work/base.ckpt``); returns the EMA pipeline."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from mapo_bench.toy.model import (
+        ToyArch,
+        ToyPipeline,
+        encode_text,
+        pixels_to_latents,
+        scheduler_config,
+        unet_forward,
+    )
+    from mapo_bench.toy.render import render_array
+
+    arch = ToyArch(**{**cfg.model.model_dump(), "block_out_channels": tuple(cfg.model.block_out_channels)})
+    pipe = ToyPipeline.build(arch, seed=cfg.seed)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    warmup = min(100, max(1, cfg.steps // 10))
+
+    def make_optimizer() -> tuple[Any, Any]:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+    opt, lr_sched = make_optimizer()
+    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "timestep_spacing"})
+
+    rng = np.random.default_rng(cfg.seed)
+    texts, scenes = pretraining_captions(cfg, rng)
+    seeds = rng.integers(0, 2**31 - 1, size=len(texts)).tolist()
+    images = torch.from_numpy(np.stack([render_array(c, s) for c, s in zip(scenes, seeds, strict=True)]))
+    images = images.permute(0, 3, 1, 2).contiguous()  # uint8 (N, 3, 32, 32)
+    ids = pipe.tokenizer(texts)
+    empty = pipe.tokenizer([""])[0]
+
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    start = 0
+    ckpt = work / "base.ckpt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        gen.set_state(state["gen"])
+        start = int(state["step"])
+    T = noise_sched.config.num_train_timesteps
+    unet.train()
+    text_encoder.train()
+    for step in range(start, cfg.steps):
+        if cfg.restart_at is not None and step == cfg.restart_at:
+            # EMA restart: continue from the EMA weights with a fresh optimizer and warmup.
+            unet.load_state_dict(ema_unet.state_dict())
+            text_encoder.load_state_dict(ema_text.state_dict())
+            opt, lr_sched = make_optimizer()
+        idx, drop, noise, u = draw_batch(gen, len(images), cfg)
+        x0 = pixels_to_latents(images[idx].float() / 127.5 - 1.0)
+        batch_ids = ids[idx].clone()
+        batch_ids[drop] = empty
+        t = ((1 - (1 - u) ** cfg.high_noise_bias) * T).long().clamp(0, T - 1)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        target = noise_sched.get_velocity(x0, noise, t)
+        pred = unet_forward(unet, noisy, t, encode_text(text_encoder, batch_ids))
+        loss = F.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for p_ema, p in zip(ema.parameters(), live.parameters(), strict=True):
+                    p_ema.lerp_(p, 1.0 - cfg.ema_decay)
+        if progress is not None:
+            progress(step + 1, float(loss.detach()))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"toy base step {step + 1}/{cfg.steps} loss {float(loss.detach()):.4f} "
+                  f"{time.strftime('%H:%M:%S')}", flush=True)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                    "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+                                    "gen": gen.get_state(), "step": step + 1})
+    ema_unet.eval()
+    ema_text.eval()
+    return ToyPipeline(ema_unet, ema_text, pipe.tokenizer, pipe.scheduler, arch)
+
+
+def grid_rows() -> list[tuple[str, str]]:
+    """(row label, caption prefix) rows of the sample grid: plain, each prefix, each blend level."""
+    rows = [("plain", "")]
+    rows += [(s, vocab.style_prefix(s)) for s in vocab.STYLES]
+    rows += [(f"{s} {a:g}", vocab.style_prefix(s, a)) for s in vocab.TARGET_STYLES for a in (0.25, 0.5, 0.75)]
+    rows.append(("unsafe", vocab.UNSAFE_PREFIX))
+    return rows
+
+
+GRID_CAPTIONS = ("a small red circle on the left", "a large blue triangle on the right",
+                 "a large yellow square on the left", "a small green triangle on the right",
+                 "a large purple circle on the right", "a small orange square on the left")
+
+
+def sample_grid(pipe: Any, path: Path, sampler: Any, scale: int = 2) -> Path:
+    """PNG grid: rows = :func:`grid_rows`, columns = ``GRID_CAPTIONS`` (seed = column index)."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    rows = grid_rows()
+    label_w, cell = 70, 32 * scale + 2
+    grid = Image.new("RGB", (label_w + cell * len(GRID_CAPTIONS), cell * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, prefix) in enumerate(rows):
+        gens = [torch.Generator().manual_seed(j) for j in range(len(GRID_CAPTIONS))]
+        noise = torch.cat([torch.randn((1, 12, 16, 16), generator=g) for g in gens])
+        images = pipe([prefix + c for c in GRID_CAPTIONS], num_inference_steps=sampler.steps,
+                      guidance_scale=sampler.guidance, latents=noise).images
+        draw.text((2, r * cell + cell // 2 - 6), label, fill="black")
+        for j, img in enumerate(images):
+            grid.paste(img.resize((32 * scale, 32 * scale), Image.NEAREST), (label_w + j * cell, r * cell))
+    import io
+
+    from mapo_bench.io import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def trained_candidates(out: Path) -> list[Path]:
+    """Finished toy bases that may hold this config's weights: ``out``, the shipped base, the cache."""
+    from mapo_bench.clip_tokenizer import cache_root
+    from mapo_bench.toy.shipped import ASSETS
+
+    found = [out, ASSETS, *sorted((cache_root() / "toy").glob("*"))]
+    return [f for f in found if (f / "manifest.json").is_file() and (f / "toy_pipeline.json").is_file()]
+
+
+def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path | None:
+    """Copy the weights of a finished base with the same training hash into ``work`` (only the gate is
+    then re-measured); returns that base's folder, or None when there is none."""
+    import json
+
+    from mapo_bench.toy.config import toy_training_hash
+
+    if (work / "base" / "toy_pipeline.json").is_file():
+        return None
+    wanted = toy_training_hash(cfg)
+    for folder in trained_candidates(out):
+        try:
+            other = ToyPretrainConfig.model_validate(json.loads((folder / "manifest.json").read_text())["config"])
+        except (ValueError, KeyError, OSError):
+            continue
+        if toy_training_hash(other) != wanted:
+            continue
+        (work / "base").mkdir(parents=True, exist_ok=True)
+        for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
+            src = folder / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / "base" / name)
+        shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
+        return folder
+    return None
+
+
+def pretrain(cfg: ToyPretrainConfig) -> Path:
+    """Pretrain base + classifier, measure the gate, write the folder; returns its path.
+
+    A folder whose manifest matches the config hash is returned as is (resume / cache hit).
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from mapo_bench.errors import MapoBenchError
+    from mapo_bench.io import atomic_dir, make_manifest, manifest_matches, write_json_atomic
+    from mapo_bench.threads import configure_threads
+    from mapo_bench.toy.classifier import ToyClassifier, train_classifier
+    from mapo_bench.toy.gate import gate_verdict, measure_gate
+
+    threads = configure_threads()
+    digest = toy_config_hash(cfg)
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
+    if manifest_matches(out, digest) and not cfg.overwrite:
+        return out
+    if out.exists() and not cfg.overwrite:
+        raise MapoBenchError(f"{out} exists with another config; pass overwrite=true or another out=")
+    work = out.parent / f".{out.name}.work-{digest}"
+    work.mkdir(parents=True, exist_ok=True)
+    donor = reuse_trained_weights(cfg, out, work)
+    timings: dict[str, float] = {}
+    resumed: list[str] = []  # stages taken from the work folder of an interrupted run of this config
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        t0 = time.perf_counter()
+        if (work / "evaluators" / "classifier.json").is_file():
+            classifier = ToyClassifier.load(work / "evaluators")
+            resumed.append("evaluators")
+        else:
+            task = bar.add_task("toy classifier", total=cfg.evaluators.steps, info="")
+            classifier = train_classifier(cfg.evaluators, cfg.seed,
+                                          progress=lambda loss: bar.update(task, advance=1, info=f"loss {loss:.3f}"))
+            classifier.save(work / "evaluators")
+        timings["evaluators_s"] = round(time.perf_counter() - t0, 1)
+
+        t0 = time.perf_counter()
+        base_dir = work / "base"
+        if (base_dir / "toy_pipeline.json").is_file():
+            from mapo_bench.toy.model import ToyPipeline
+
+            pipe = ToyPipeline.from_pretrained(base_dir)
+            resumed.append("base")
+        else:
+            if (work / "base.ckpt").is_file():
+                resumed.append("base (from checkpoint)")
+            task = bar.add_task("toy base", total=cfg.steps, info="")
+            pipe = train_base(cfg, work, progress=lambda step, loss: bar.update(task, completed=step,
+                                                                               info=f"loss {loss:.4f}"),
+                              log_every=0 if bar.console.is_terminal else 100)
+            pipe.save_pretrained(base_dir)
+        timings["base_s"] = round(time.perf_counter() - t0, 1)
+
+        t0 = time.perf_counter()
+        from mapo_bench.toy.gate import gate_prompt_groups
+
+        task = bar.add_task("gate", total=len(gate_prompt_groups()), info="")
+        with torch.no_grad():
+            numbers = measure_gate(pipe, classifier, cfg.gate, cfg.sampler, seed=cfg.seed,
+                                   progress=lambda name: bar.update(task, advance=1, info=name))
+        verdict = gate_verdict(numbers, cfg.gate)
+        timings["gate_s"] = round(time.perf_counter() - t0, 1)
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
+            src = base_dir / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
+        shutil.copytree(work / "evaluators", tmp / "evaluators")
+        sample_grid(pipe, tmp / "sample_grid.png", cfg.sampler)
+        timings["total_s"] = round(time.perf_counter() - start, 1)
+        manifest = make_manifest(cfg, digest, counts={"steps": cfg.steps, "pool_size": cfg.data.pool_size},
+                                 timings=timings, kind="toy-base", code_version=code_version(), threads=threads,
+                                 gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
+                                 weights_from=str(donor) if donor else None)
+        write_json_atomic(tmp / "manifest.json", manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
