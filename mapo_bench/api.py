@@ -67,7 +67,17 @@ def _call(target: str, what: str, issue: int, *args: Any, **kwargs: Any) -> Any:
     from mapo_bench.threads import configure_threads
 
     configure_threads()
+    quiet_libraries()
     return _import_target(target, what, issue)(*args, **kwargs)
+
+
+def quiet_libraries() -> None:
+    """Our rich progress bars are the only ones: silence diffusers' and transformers' per-load bars."""
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            importlib.import_module(module).disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
 
 
 def build_dataset(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Path:

@@ -190,7 +190,7 @@ class Runner:
         known = set(pending)
         done: set[str] = set()
         timings: dict[str, float] = {}
-        running: dict[Any, tuple[Job, float]] = {}
+        running: dict[Any, Job] = {}
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn()) as progress:
@@ -205,28 +205,25 @@ class Runner:
                             progress.advance(bar)
                             continue
                         path = self.write_config(job)
-                        progress.console.print(f"[cyan]run[/cyan] {job.id}")
+                        progress.console.print(f"[cyan]{'run' if pool is None else 'queued'}[/cyan] {job.id}")
                         if pool is None:
-                            start = time.perf_counter()
-                            run_job(job.verb, str(path))
-                            running[None] = (job, start)
-                            self._finish(job, timings, running.pop(None)[1], write_json_atomic)
+                            self._finish(job, timings, run_job(job.verb, str(path)), write_json_atomic)
                             done.add(job.id)
                             progress.advance(bar)
                         else:
-                            running[pool.submit(run_job, job.verb, str(path))] = (job, time.perf_counter())
+                            running[pool.submit(run_job, job.verb, str(path))] = job
                     if pool is None or not running:
                         if pending and not ready and not running:
                             raise MapoBenchError(f"jobs wait on each other: {', '.join(sorted(pending))}")
                         continue
                     finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in finished:
-                        job, start = running.pop(future)
+                        job = running.pop(future)
                         try:
-                            future.result()
+                            wall = future.result()
                         except MapoBenchError as exc:
                             raise MapoBenchError(f"job {job.id} failed: {exc}") from None
-                        self._finish(job, timings, start, write_json_atomic)
+                        self._finish(job, timings, wall, write_json_atomic)
                         done.add(job.id)
                         progress.advance(bar)
             finally:
@@ -234,18 +231,20 @@ class Runner:
                     pool.shutdown(wait=True, cancel_futures=True)
         return timings
 
-    def _finish(self, job: Job, timings: dict[str, float], start: float, write_json_atomic: Any) -> None:
-        wall = round(time.perf_counter() - start, 2)
+    def _finish(self, job: Job, timings: dict[str, float], wall: float, write_json_atomic: Any) -> None:
+        wall = round(wall, 2)
         timings[job.id] = wall
         write_json_atomic(self.marker(job), {"config_hash": job.hash, "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-def run_job(verb: str, config_path: str) -> None:
-    """Run one stage from its config file (in this process or a worker process)."""
+def run_job(verb: str, config_path: str) -> float:
+    """Run one stage from its config file (in this process or a worker process); returns its wall seconds."""
     from mapo_bench import api
 
+    start = time.perf_counter()
     getattr(api, API_FUNCTIONS[verb])(config_path)
+    return time.perf_counter() - start
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
