@@ -128,14 +128,27 @@ def test_gate_refusal_names_the_number():
 
     numbers = {"prefix_adherence": {"plain": 0.95, "cartoon": 0.55}, "content": {"colour": 0.97, "position": 0.6,
                                                                                   "shape": 0.9}}
-    verdict = gate_verdict(numbers, ToyGateConfig())
+    verdict = gate_verdict(numbers, ToyGateConfig(enforce=True, reason=None))
     assert verdict["status"] == "failed"
     with pytest.raises(MapoBenchError, match=r"prefix adherence 'cartoon' 0.55 < 0.8.*position accuracy 0.6 < 0.9"):
         check_gate({"gate_verdict": verdict})
     ungated = gate_verdict(numbers, ToyGateConfig(enforce=False, reason="a test"))
     assert check_gate({"gate_verdict": ungated})["status"] == "ungated"
     with pytest.raises(ValueError, match="gate.reason"):
-        ToyGateConfig(enforce=False)
+        ToyGateConfig(enforce=False, reason=" ")
+
+
+def test_shipped_base_is_marked_ungated_with_its_measured_shortfalls():
+    """The shipped base misses 0.8 at four blend levels and the unsafe marker: it ships waived, and its
+    manifest says so with the numbers (issue 6 stays open until a base passes)."""
+    from mapo_bench.toy.gate import check_gate
+    from mapo_bench.toy.shipped import read_manifest, shipped_dir
+
+    manifest = read_manifest(shipped_dir())
+    verdict = check_gate(manifest)
+    assert verdict["status"] == "ungated" and "unsafe marker (0.79)" in verdict["reason"]
+    assert manifest["gate"]["prefix_adherence"]["cartoon"] >= 0.8
+    assert manifest["gate"]["content"]["colour"] >= 0.9 and manifest["gate"]["content"]["position"] >= 0.9
 
 
 def test_stale_manifest_message():
