@@ -25,7 +25,7 @@ def tiny_config(out, **gate):
     return ToyPretrainConfig.model_validate({
         "out": str(out), "steps": 3, "batch_size": 4, "checkpoint_every": 2, "model": TINY_MODEL,
         "data": {"pool_size": 24}, "evaluators": {"steps": 3, "pool_size": 24, "batch_size": 8, "width": 8},
-        "gate": {"seeds_per_caption": 1, **gate}, "sampler": {"steps": 1, "guidance": 2.0},
+        "gate": {"seeds_per_caption": 1, "enforce": True, "reason": None, **gate}, "sampler": {"steps": 1, "guidance": 2.0},
     })
 
 
