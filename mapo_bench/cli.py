@@ -233,14 +233,22 @@ def run(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run`")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run`")],
+    publish: Annotated[Path | None, typer.Option(help="also copy the report here (e.g. docs/results/NAME)")] = None,
+    readme: Annotated[Path | None, typer.Option(help="with --publish: rewrite this file's results section")] = None,
+) -> None:
     """Render results.json, table.md/csv and plots of a run folder.
 
-    Example: mapo-bench report runs/toy-quick
+    Example: mapo-bench report runs/toy-mismatch --publish docs/results/toy-mismatch --readme README.md
     """
     from mapo_bench import api
 
     _print_path("report:", api.report(run_dir))
+    if publish is not None:
+        from mapo_bench.report import publish as publish_report
+
+        _print_path("published:", publish_report(run_dir, publish, readme))
 
 
 @toy_app.command("pretrain")

@@ -8,6 +8,7 @@ other method) by (training seed, prompt, sampling seed) and the bootstrap resamp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,51 @@ def write_report(run_dir: Path) -> Path:
     for d in results["severity"]:
         sample_grid(run_dir, results, d, out / f"grid_{d}.png")
     return out
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def headline_markdown(results: dict[str, Any], figure: str) -> str:
+    """The README's headline: preference and fidelity win rates vs the base per dataset, rendered from results."""
+    lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` "
+             f"(versions and config in [results.json]({Path(figure).parent.as_posix()}/results.json); "
+             f"all tables in [table.md]({Path(figure).parent.as_posix()}/table.md)). {results['note']}", "",
+             f"![severity vs win rate]({figure})", "",
+             "| dataset | prefix excess (prefixed side) | comparison | preference win rate [95% CI] | fidelity win rate [95% CI] |",
+             "|---|---|---|---|---|"]
+    rows = results["rows"]
+    for name, sev in results["severity"].items():
+        x = "skipped" if sev["severity_x"] is None else f"{sev['severity_x']:.4f} ({sev['prefixed_side']})"
+        for comparison in sorted({r["comparison"] for r in rows if r["dataset"] == name}):
+            cells = {}
+            for role in ("preference", "fidelity"):
+                match = [r for r in rows if r["dataset"] == name and r["comparison"] == comparison and r["role"] == role]
+                cells[role] = (f"{match[0]['win_rate']:.2f} [{match[0]['ci_low']:.2f}, {match[0]['ci_high']:.2f}]"
+                               if match else "-")
+            lines.append(f"| {name} | {x} | {comparison} | {cells['preference']} | {cells['fidelity']} |")
+    return "\n".join(lines)
+
+
+def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
+    """Copy a run's report (results.json, table.md/csv, PNGs, pipeline.json) to ``dest`` and, with ``readme``,
+    replace the section between the results markers with the headline rendered from results.json."""
+    import shutil
+
+    report = Path(run_dir) / "report"
+    if not (report / "results.json").is_file():
+        raise MapoBenchError(f"{report}: no results.json; run `mapo-bench report {run_dir}` first")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in [*report.glob("*.json"), *report.glob("*.md"), *report.glob("*.csv"), *report.glob("*.png"),
+                 Path(run_dir) / "pipeline.json"]:
+        shutil.copy2(path, dest / path.name)
+    if readme is not None:
+        text = readme.read_text()
+        if README_START not in text or README_END not in text:
+            raise MapoBenchError(f"{readme}: add the markers {README_START} and {README_END} where the results go")
+        results = read_json(dest / "results.json")
+        figure = Path(os.path.relpath((dest / "severity_vs_winrate.png").resolve(), readme.resolve().parent)).as_posix()
+        head, rest = text.split(README_START, 1)
+        tail = rest.split(README_END, 1)[1]
+        write_text_atomic(readme, f"{head}{README_START}\n{headline_markdown(results, figure)}\n{README_END}{tail}")
+    return dest

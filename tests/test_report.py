@@ -83,3 +83,18 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
 
     with pytest.raises(MapoBenchError, match="pipeline.json"):
         write_report(tmp_path)
+
+
+def test_publish_rewrites_only_the_readme_results_section(tmp_path):
+    from mapo_bench.report import publish
+
+    run = _run_dir(tmp_path)
+    write_report(run)
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
+    publish(run, tmp_path / "docs" / "results", readme)
+    text = readme.read_text()
+    assert text.startswith("# title\n") and text.endswith("tail\n") and "old" not in text
+    assert "![severity vs win rate](docs/results/severity_vs_winrate.png)" in text
+    assert "| style | 0.0100 (chosen) | mapo vs base | 0.88 [" in text
+    assert (tmp_path / "docs" / "results" / "pipeline.json").is_file()
