@@ -10,7 +10,6 @@ from mapo_bench.backends.base import Backend, Conditioning, dtype_kwargs, resolv
 from mapo_bench.config import SamplerConfig
 from mapo_bench.models import resolve_model
 
-
 # Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
 NON_PYTORCH_WEIGHTS = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*openvino*", "*.ckpt",
                        "*.fp16.safetensors", "*.fp16.bin"]
