@@ -33,10 +33,10 @@ def time_steps(steps: int) -> float:
     import torch.nn.functional as F
 
     from mapo_bench.toy.config import ToyPretrainConfig
-    from mapo_bench.toy.model import ToyArch, ToyPipeline, encode_text, unet_forward
+    from mapo_bench.toy.model import ToyPipeline, encode_text, unet_forward
 
     cfg = ToyPretrainConfig()
-    arch = ToyArch(**{**cfg.model.model_dump(), "block_out_channels": tuple(cfg.model.block_out_channels)})
+    arch = cfg.model
     pipe = ToyPipeline.build(arch)
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr)

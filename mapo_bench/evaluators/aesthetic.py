@@ -18,8 +18,7 @@ import torch
 
 from mapo_bench.errors import MapoBenchError, ModelNotFoundError
 from mapo_bench.evaluators.backbones import VIT_L14, ClipBackbone, clip_backbone, resolve_device, to_numpy64
-from mapo_bench.evaluators.base import Evaluator, ScoreContext
-from mapo_bench.evaluators.clip_score import _no_options
+from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
 from mapo_bench.models import resolve_model
 
 AESTHETIC_REPO = "christophschuhmann/improved-aesthetic-predictor"
@@ -104,7 +103,7 @@ class Aesthetic(Evaluator):
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str = AESTHETIC_REPO,
              clip_model: str = VIT_L14, processor: str | None = None, **options: Any) -> Aesthetic:
         """``model``: the MLP weights (file, folder or repo id); ``clip_model``: the ViT-L/14 it reads."""
-        _no_options(cls.name, options)
+        no_options(cls.name, options)
         mlp = load_mlp(resolve_weights(model)).to(resolve_device(device))
         return cls(clip_backbone(clip_model, device, dtype, processor), mlp)
 

@@ -202,3 +202,30 @@ def clear() -> None:
 
 def to_numpy64(scores: torch.Tensor) -> Any:
     return scores.detach().double().cpu().numpy().reshape(-1)
+
+
+PROCESSOR_OF_MODEL = "<processor of the model>"
+
+
+class ClipBackboneEvaluator:
+    """Mixin for metrics computed on one shared CLIP backbone (clip, style, pickscore).
+
+    ``default_model`` / ``default_processor`` name the weights; ``load`` resolves them once through
+    :func:`clip_backbone`, so metrics on the same model share its forward passes.
+    """
+
+    default_model: str = VIT_L14
+    default_processor: str | None = None
+
+    def __init__(self, backbone: ClipBackbone) -> None:
+        self.backbone = backbone
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
+             processor: str | None = PROCESSOR_OF_MODEL, **options: Any) -> Any:
+        """``processor``: default = the metric's own; None = the model folder's processor."""
+        from mapo_bench.evaluators.base import no_options
+
+        no_options(cls.name, options)  # type: ignore[attr-defined]
+        processor = cls.default_processor if processor == PROCESSOR_OF_MODEL else processor
+        return cls(clip_backbone(model or cls.default_model, device, dtype, processor))

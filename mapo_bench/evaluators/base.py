@@ -38,3 +38,11 @@ class Evaluator(ABC):
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         """``images``: N PIL images; ``prompts``: the N plain captions they were generated for.
         Returns an ``(N,)`` float64 array."""
+
+
+def no_options(name: str, options: dict[str, Any]) -> None:
+    """Evaluators take only the options they name: anything else is a one-line error, not ignored."""
+    if options:
+        from mapo_bench.errors import MapoBenchError
+
+        raise MapoBenchError(f"evaluator {name!r}: unknown option(s) {', '.join(sorted(options))}")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mapo_bench.evaluators.backbones import VIT_L14, ClipBackbone, clip_backbone, to_numpy64
+from mapo_bench.evaluators.backbones import ClipBackboneEvaluator, to_numpy64
 from mapo_bench.evaluators.base import Evaluator, ScoreContext
 
 
@@ -21,25 +21,11 @@ def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.T
     return 100.0 * torch.nn.functional.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
 
 
-class ClipScore(Evaluator):
+class ClipScore(ClipBackboneEvaluator, Evaluator):
     name: ClassVar[str] = "clip"
     version = "vit-l-14"
 
-    def __init__(self, backbone: ClipBackbone) -> None:
-        self.backbone = backbone
-
-    @classmethod
-    def load(cls, device: str = "cpu", dtype: str = "float32", model: str = VIT_L14,
-             processor: str | None = None, **options: Any) -> ClipScore:
-        _no_options(cls.name, options)
-        return cls(clip_backbone(model, device, dtype, processor))
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         return to_numpy64(clip_score(self.backbone.image_embeds(images), self.backbone.text_embeds(list(prompts))))
 
-
-def _no_options(name: str, options: dict[str, Any]) -> None:
-    if options:
-        from mapo_bench.errors import MapoBenchError
-
-        raise MapoBenchError(f"evaluator {name!r}: unknown option(s) {', '.join(sorted(options))}")

@@ -19,8 +19,7 @@ import torch
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.evaluators.backbones import CLIP_MEAN, CLIP_STD, resolve_device, rgb, to_numpy64, torch_dtype
-from mapo_bench.evaluators.base import Evaluator, ScoreContext
-from mapo_bench.evaluators.clip_score import _no_options
+from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
 from mapo_bench.models import resolve_model
 
 HPS_REPO = "xswu/HPSv2"
@@ -78,7 +77,7 @@ class HPS(Evaluator):
         """``model``: a checkpoint file, a folder holding it, or a repo id; ``arch``: the open_clip model."""
         import open_clip
 
-        _no_options(cls.name, options)
+        no_options(cls.name, options)
         if version not in HPS_FILES:
             raise MapoBenchError(f"hps: unknown version {version!r}; valid: {', '.join(HPS_FILES)}")
         path = resolve_model(model, filename=HPS_FILES[version])

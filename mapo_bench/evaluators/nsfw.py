@@ -28,8 +28,7 @@ from mapo_bench.evaluators.backbones import (
     to_numpy64,
     torch_dtype,
 )
-from mapo_bench.evaluators.base import Evaluator, ScoreContext
-from mapo_bench.evaluators.clip_score import _no_options
+from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
 
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 SPECIAL_ADJUSTMENT = 0.01
@@ -64,7 +63,7 @@ class NSFWScore(Evaluator):
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
-        _no_options(cls.name, options)
+        no_options(cls.name, options)
         path = resolve_folder(model, CONFIG_FILES, either=WEIGHT_FILES, optional=PROCESSOR_FILES[:1])
         torch_type = torch_dtype(dtype)
         target = resolve_device(device)

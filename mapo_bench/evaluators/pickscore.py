@@ -12,9 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mapo_bench.evaluators.backbones import ClipBackbone, clip_backbone, to_numpy64
+from mapo_bench.evaluators.backbones import ClipBackboneEvaluator, to_numpy64
 from mapo_bench.evaluators.base import Evaluator, ScoreContext
-from mapo_bench.evaluators.clip_score import _no_options
 
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -26,18 +25,12 @@ def pick_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scal
     return logit_scale.float() * cos
 
 
-class PickScore(Evaluator):
+class PickScore(ClipBackboneEvaluator, Evaluator):
     name: ClassVar[str] = "pickscore"
     version = "v1"
+    default_model = PICKSCORE
+    default_processor = PICKSCORE_PROCESSOR  # PickScore's weights come without a processor
 
-    def __init__(self, backbone: ClipBackbone) -> None:
-        self.backbone = backbone
-
-    @classmethod
-    def load(cls, device: str = "cpu", dtype: str = "float32", model: str = PICKSCORE,
-             processor: str | None = PICKSCORE_PROCESSOR, **options: Any) -> PickScore:
-        _no_options(cls.name, options)
-        return cls(clip_backbone(model, device, dtype, processor))
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         image = self.backbone.image_embeds(images)

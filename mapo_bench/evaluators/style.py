@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.evaluators.backbones import VIT_L14, ClipBackbone, clip_backbone, to_numpy64
+from mapo_bench.evaluators.backbones import ClipBackboneEvaluator, to_numpy64
 from mapo_bench.evaluators.base import Evaluator, ScoreContext
-from mapo_bench.evaluators.clip_score import _no_options
 
 
 def style_probability(image_embeds: torch.Tensor, target_embed: torch.Tensor, base_embed: torch.Tensor,
@@ -26,18 +25,10 @@ def style_probability(image_embeds: torch.Tensor, target_embed: torch.Tensor, ba
     return torch.softmax(scale * image @ texts.T, dim=-1)[:, 0]
 
 
-class StyleAdherence(Evaluator):
+class StyleAdherence(ClipBackboneEvaluator, Evaluator):
     name: ClassVar[str] = "style"
     version = "vit-l-14-zero-shot"
 
-    def __init__(self, backbone: ClipBackbone) -> None:
-        self.backbone = backbone
-
-    @classmethod
-    def load(cls, device: str = "cpu", dtype: str = "float32", model: str = VIT_L14,
-             processor: str | None = None, **options: Any) -> StyleAdherence:
-        _no_options(cls.name, options)
-        return cls(clip_backbone(model, device, dtype, processor))
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         if context is None or not context.target_style or not context.base_style:

@@ -29,6 +29,7 @@ from PIL import Image
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.toy import vocab
+from mapo_bench.toy.config import ToyModelConfig
 
 PIPELINE_FILE = "toy_pipeline.json"
 BOS, EOS, UNK = 0, 1, 2  # toy ids; EOS also pads (as in SD's CLIP), 2 is not EOS (CLIP's legacy pooling)
@@ -120,17 +121,8 @@ class ToyTokenizer:
 
 
 # -- architecture ---------------------------------------------------------------------------------
-@dataclass
-class ToyArch:
-    """Sizes of the toy model (ToyPretrainConfig.model holds the same keys)."""
-
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    attention_heads: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    max_length: int = 24
+# The architecture is the config's model group itself: one definition of the sizes and their defaults.
+ToyArch = ToyModelConfig
 
 
 def build_text_encoder(arch: ToyArch, vocab_size: int):
@@ -299,8 +291,6 @@ class ToyPipeline:
 
     # -- persistence ------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
-        from dataclasses import asdict
-
         from mapo_bench.io import write_json_atomic
 
         folder = Path(folder)
@@ -312,9 +302,7 @@ class ToyPipeline:
         unet.save_pretrained(folder / "unet")
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.scheduler.save_pretrained(folder / "scheduler")
-        arch = asdict(self.arch)
-        arch["block_out_channels"] = list(arch["block_out_channels"])
-        write_json_atomic(folder / PIPELINE_FILE, {"class": "ToyPipeline", "format": 1, "arch": arch,
+        write_json_atomic(folder / PIPELINE_FILE, {"class": "ToyPipeline", "format": 1, "arch": self.arch.model_dump(),
                                                    "clip_token_ids": self.tokenizer.clip_ids})
         return folder
 
@@ -331,9 +319,7 @@ class ToyPipeline:
             raise MapoBenchError(f"{folder}: not a toy pipeline folder (no {PIPELINE_FILE}); "
                                  "use 'toy' for the shipped base or a folder written by mapo-bench toy pretrain")
         meta = json.loads(meta_path.read_text())
-        arch_data = dict(meta["arch"])
-        arch_data["block_out_channels"] = tuple(arch_data["block_out_channels"])
-        arch = ToyArch(**arch_data)
+        arch = ToyArch.model_validate(meta["arch"])
         tokenizer = ToyTokenizer(meta["clip_token_ids"], arch.max_length)
         unet_dir = Path(unet) if unet is not None else folder / "unet"
         if not (unet_dir / "config.json").is_file() and (unet_dir / "unet" / "config.json").is_file():

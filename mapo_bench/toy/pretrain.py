@@ -120,7 +120,6 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     from diffusers import DDPMScheduler
 
     from mapo_bench.toy.model import (
-        ToyArch,
         ToyPipeline,
         encode_text,
         pixels_to_latents,
@@ -129,7 +128,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     )
     from mapo_bench.toy.render import render_array
 
-    arch = ToyArch(**{**cfg.model.model_dump(), "block_out_channels": tuple(cfg.model.block_out_channels)})
+    arch = cfg.model
     pipe = ToyPipeline.build(arch, seed=cfg.seed)
     unet, text_encoder = pipe.unet, pipe.text_encoder
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)

@@ -18,7 +18,7 @@ def build_tiny_toy(folder: str | Path, seed: int = 0) -> Path:
     from mapo_bench.toy.model import ToyArch, ToyPipeline
 
     folder = Path(folder)
-    arch = ToyArch(**{**TINY_MODEL, "block_out_channels": tuple(TINY_MODEL["block_out_channels"])})
+    arch = ToyArch.model_validate(TINY_MODEL)
     ToyPipeline.build(arch, seed=seed).save_pretrained(folder)
     torch.manual_seed(seed)
     ToyClassifier(width=8).save(folder / "evaluators")
