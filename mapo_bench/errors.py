@@ -19,3 +19,8 @@ class NotYetImplementedError(MapoBenchError, NotImplementedError):
     """A capability that is planned but not built yet; the CLI exits non-zero with the reason."""
 
     exit_code = 3
+
+
+class UnknownNameError(MapoBenchError, ValueError):
+    """A name missing from a registry. Also a ValueError, so inside a pydantic validator it becomes a
+    validation error that names the config key; outside one, the CLI prints it as one line."""

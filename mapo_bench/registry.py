@@ -7,7 +7,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from mapo_bench.errors import MapoBenchError
+from mapo_bench.errors import UnknownNameError
 
 
 def suggest(name: str, choices: list[str]) -> str:
@@ -40,7 +40,7 @@ class Registry:
     def check(self, name: str) -> str:
         """Return ``name`` if registered, else raise a one-line error listing the valid names."""
         if name not in self._targets:
-            raise MapoBenchError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}{suggest(name, self.names())}; valid: {', '.join(self.names())}"
             )
         return name

@@ -66,20 +66,14 @@ class BuildConfig(StrictModel):
     def _task(cls, value: str) -> str:
         from mapo_bench.registry import TASKS
 
-        try:
-            return TASKS.check(value)
-        except Exception as exc:  # MapoBenchError -> pydantic error naming the key
-            raise ValueError(str(exc)) from None
+        return TASKS.check(value)
 
     @field_validator("backend")
     @classmethod
     def _backend(cls, value: str) -> str:
         from mapo_bench.registry import BACKENDS
 
-        try:
-            return BACKENDS.check(value)
-        except Exception as exc:
-            raise ValueError(str(exc)) from None
+        return BACKENDS.check(value)
 
     @field_validator("split")
     @classmethod

@@ -90,11 +90,7 @@ class EvalConfig(StrictModel):
         if not value:
             raise ValueError(f"give at least one metric; valid: {', '.join(EVALUATORS.names())}")
         for name in value:
-            if name not in EVALUATORS.names():
-                from mapo_bench.registry import suggest
-
-                raise ValueError(f"unknown metric {name!r}{suggest(name, EVALUATORS.names())}; "
-                                 f"valid: {', '.join(EVALUATORS.names())}")
+            EVALUATORS.check(name)
         if len(set(value)) != len(value):
             raise ValueError(f"metrics repeat: {value}")
         return value
@@ -102,10 +98,8 @@ class EvalConfig(StrictModel):
     @field_validator("models", "options")
     @classmethod
     def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from mapo_bench.registry import EVALUATORS, suggest
+        from mapo_bench.registry import EVALUATORS
 
         for name in value:
-            if name not in EVALUATORS.names():
-                raise ValueError(f"unknown metric {name!r}{suggest(name, EVALUATORS.names())}; "
-                                 f"valid: {', '.join(EVALUATORS.names())}")
+            EVALUATORS.check(name)
         return value

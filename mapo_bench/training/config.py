@@ -148,16 +148,12 @@ class TrainConfig(StrictModel):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str) -> str:
-        if value not in METHODS.names():
-            raise ValueError(f"unknown method{suggest(value, METHODS.names())}; valid: {', '.join(METHODS.names())}")
-        return value
+        return METHODS.check(value)
 
     @field_validator("backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        if value not in BACKENDS.names():
-            raise ValueError(f"unknown backend{suggest(value, BACKENDS.names())}; valid: {', '.join(BACKENDS.names())}")
-        return value
+        return BACKENDS.check(value)
 
     @model_validator(mode="after")
     def _method_options(self) -> TrainConfig:
