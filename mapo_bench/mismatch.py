@@ -49,15 +49,20 @@ class MismatchConfig(StrictModel):
 def read_pairs(folder: Path, max_pairs: int | None) -> Any:
     """The dataset's non-tie rows as a DataFrame with a ``chosen`` index (0 or 1); first ``max_pairs``."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    data_dir = folder / "data" if (folder / "data").is_dir() else folder
-    files = sorted(data_dir.glob("*.parquet"))
+    from mapo_bench.data.schema import PICKAPIC_COLUMNS
+    from mapo_bench.data.validate import find_shards
+
+    files = find_shards(folder)
     if not files:
         raise MapoBenchError(f"{folder}: no parquet shards found (expected {folder}/data/train-*.parquet)")
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    for column in ("caption", "jpg_0", "jpg_1", "label_0", "label_1"):
-        if column not in frame.columns:
-            raise MapoBenchError(f"{folder}: column {column!r} missing; is this a Pick-a-Pic layout dataset?")
+    available = set(pq.read_schema(files[0]).names)
+    for column in PICKAPIC_COLUMNS:
+        if column not in available:
+            raise MapoBenchError(f"{files[0]}: column {column!r} missing; is this a Pick-a-Pic layout dataset?")
+    columns = [*PICKAPIC_COLUMNS, *(c for c in ("prompt_0", "prompt_1") if c in available)]
+    frame = pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
     frame = frame[frame["label_0"].astype(float) != frame["label_1"].astype(float)].reset_index(drop=True)
     frame["chosen"] = (frame["label_1"].astype(float) > frame["label_0"].astype(float)).astype(int)
     return frame.iloc[:max_pairs] if max_pairs else frame

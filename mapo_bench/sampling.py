@@ -34,6 +34,7 @@ from mapo_bench.io import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from mapo_bench.threads import on_cpu
 
 IMAGES = "images"
 INDEX = "index.parquet"
@@ -101,6 +102,8 @@ def load_model(cfg: SampleConfig, device: str) -> Any:
 
 def swap_unet(backend: Any, folder: Path) -> None:
     """Replace the backend's UNet by the fine-tuned one in ``folder`` (or ``folder/unet``)."""
+    from mapo_bench.backends.base import dtype_kwargs
+
     if not folder.is_dir():
         raise MapoBenchError(f"unet: {folder} is not a folder; pass the UNet folder written by `mapo-bench train`")
     from diffusers import UNet2DConditionModel
@@ -108,7 +111,7 @@ def swap_unet(backend: Any, folder: Path) -> None:
     subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
     if not (folder / (subfolder or "") / "config.json").is_file():
         raise MapoBenchError(f"unet: {folder} holds no config.json (a diffusers UNet folder is expected)")
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=subfolder, torch_dtype=backend.dtype)
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=subfolder, **dtype_kwargs(backend.dtype))
     unet.to(backend.device)
     backend.pipeline.unet = unet
     backend.unet = unet
@@ -143,7 +146,7 @@ def sample(cfg: SampleConfig) -> Path:
     full_hash = config_hash(cfg, exclude={"batch_size", "device", "out", "overwrite"})
     if manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
         return out
-    state = PartialState(cpu=_on_cpu(cfg.device))
+    state = PartialState(cpu=on_cpu(cfg.device))
     if state.is_main_process:
         prepare_folder(cfg)
     state.wait_for_everyone()
@@ -218,12 +221,3 @@ def read_index(folder: str | Path) -> Any:
     if missing:
         raise MapoBenchError(f"{path}: missing columns {', '.join(missing)}")
     return frame
-
-
-def _on_cpu(device: str | None) -> bool:
-    """accelerate needs ``cpu=True`` to join CPU processes (torchrun / accelerate launch) into one group."""
-    if device is not None:
-        return str(device).startswith("cpu")
-    import torch
-
-    return not torch.cuda.is_available()

@@ -37,3 +37,13 @@ def configure_threads() -> int:
     except RuntimeError:  # already set once in this process
         pass
     return count
+
+
+def on_cpu(device: str | None) -> bool:
+    """Whether a stage runs on the CPU (``device`` None: no CUDA here). accelerate needs ``cpu=True``
+    to join CPU processes (torchrun / accelerate launch) into one group."""
+    if device is not None:
+        return str(device).startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available()

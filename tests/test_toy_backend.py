@@ -141,14 +141,17 @@ def test_gate_refusal_names_the_number():
 def test_shipped_base_is_marked_ungated_with_its_measured_shortfalls():
     """The shipped base misses 0.8 at four blend levels and the unsafe marker: it ships waived, and its
     manifest says so with the numbers (issue 6 stays open until a base passes)."""
+    from mapo_bench.toy.config import ToyGateConfig
     from mapo_bench.toy.gate import check_gate
     from mapo_bench.toy.shipped import read_manifest, shipped_dir
 
     manifest = read_manifest(shipped_dir())
     verdict = check_gate(manifest)
     assert verdict["status"] == "ungated" and "unsafe marker (0.79)" in verdict["reason"]
-    assert manifest["gate"]["prefix_adherence"]["cartoon"] >= 0.8
-    assert manifest["gate"]["content"]["colour"] >= 0.9 and manifest["gate"]["content"]["position"] >= 0.9
+    thresholds = ToyGateConfig()  # the gate's own thresholds: full-strength styles, colour, position pass
+    assert manifest["gate"]["prefix_adherence"]["cartoon"] >= thresholds.prefix_adherence
+    assert manifest["gate"]["content"]["colour"] >= thresholds.colour
+    assert manifest["gate"]["content"]["position"] >= thresholds.position
 
 
 def test_stale_manifest_message():

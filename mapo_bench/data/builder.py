@@ -97,18 +97,16 @@ def pair_row(spec: PairSpec, prompts: tuple[str, str], images: tuple[Any, Any], 
 
 # -- parquet -----------------------------------------------------------------------------------------
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows -> one parquet file, through a temp name and a rename (never a half-written file)."""
+    """Rows -> one parquet file, written atomically (never a half-written file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mapo_bench.data.schema import arrow_schema
+    from mapo_bench.io import write_bytes_atomic
 
-    schema = arrow_schema()
-    table = pa.Table.from_pylist(rows, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, row_group_size=64)
-    os.replace(tmp, path)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), buffer, row_group_size=64)
+    write_bytes_atomic(path, buffer.getvalue().to_pybytes())
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

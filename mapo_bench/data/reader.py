@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from mapo_bench.data.schema import DATA_SUBDIR, PICKAPIC_COLUMNS
+from mapo_bench.data.schema import DATA_SUBDIR, IMAGE_COLUMNS, LABEL_COLUMNS, PICKAPIC_COLUMNS
 from mapo_bench.errors import MapoBenchError
-
-LABEL_COLUMNS = ("label_0", "label_1")
+from mapo_bench.registry import TIE_POLICIES
 
 
 # -- opening -------------------------------------------------------------------------------------
@@ -187,7 +186,7 @@ def find_bad_rows(source: PairSource, rows: list[int] | None = None, progress: b
     bad: dict[int, str] = {}
     rows = list(range(len(source))) if rows is None else rows
     for row in _track(rows, "checking images", progress):
-        for column in ("jpg_0", "jpg_1"):
+        for column in IMAGE_COLUMNS:
             try:
                 decode_image(source.image_bytes(row, column), row, column, source.name)
             except MapoBenchError as exc:
@@ -225,7 +224,7 @@ def select_pairs(source: PairSource, tie_policy: str = "drop", label_noise: floa
     expected label is 0.5). random: each tie gets one orientation from ``seed``. Label noise swaps the
     preference of a seeded random fraction of pairs, fixed for the run (a noisy dataset, not noisy steps).
     """
-    if tie_policy not in ("drop", "half", "random"):
+    if tie_policy not in TIE_POLICIES:
         raise MapoBenchError(f"tie policy {tie_policy!r} is not one of drop, half, random")
     labels = source.labels
     rows = np.arange(len(source))

@@ -7,6 +7,8 @@ PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 # Written by mapo-bench's builder: full generating prompts, the pair's seed, and how it was made.
 PROVENANCE_COLUMNS = ("prompt_0", "prompt_1", "seed", "model_id", "task", "pair_id", "sampler")
 ALL_COLUMNS = PICKAPIC_COLUMNS + PROVENANCE_COLUMNS
+IMAGE_COLUMNS = ("jpg_0", "jpg_1")
+LABEL_COLUMNS = ("label_0", "label_1")
 
 DATA_SUBDIR = "data"
 PARTIAL_SUBDIR = ".partial"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mapo_bench.errors import MapoBenchError
@@ -214,12 +213,3 @@ def task_from_config(cfg: BuildConfig) -> Task:
     """The task a :class:`BuildConfig` describes."""
     return make_task(cfg.task, backend=cfg.backend, split=cfg.split, rejected_variant=cfg.rejected_variant,
                      chosen_prefix=cfg.chosen_prefix, rejected_prefix=cfg.rejected_prefix, severity=cfg.severity)
-
-
-def task_from_dataset(folder: str | Path) -> Task:
-    """The task a built dataset folder was made with (from its ``manifest.json``)."""
-    from mapo_bench.data.config import BuildConfig
-    from mapo_bench.io import read_json
-
-    manifest = read_json(Path(folder) / "manifest.json")
-    return task_from_config(BuildConfig.model_validate(manifest["config"]))

@@ -14,12 +14,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mapo_bench.data.schema import DATA_SUBDIR, PICKAPIC_COLUMNS, PROVENANCE_COLUMNS
+from mapo_bench.data.schema import (
+    DATA_SUBDIR,
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    PICKAPIC_COLUMNS,
+    PROVENANCE_COLUMNS,
+)
 from mapo_bench.errors import MapoBenchError
 
 MAX_MESSAGES = 200
-LABEL_COLUMNS = ("label_0", "label_1")
-IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 
 
 def find_shards(path: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mapo_bench.backends.base import resolve_dtype
 from mapo_bench.models import resolve_model
 
 VIT_L14 = "openai/clip-vit-large-patch14"
@@ -29,12 +30,6 @@ def resolve_device(device: str | None) -> torch.device:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    from mapo_bench.backends.base import resolve_dtype
-
-    return resolve_dtype(dtype)
 
 
 def features(output: Any) -> torch.Tensor:
@@ -182,7 +177,7 @@ def clip_backbone(model: str = VIT_L14, device: str | torch.device | None = None
     weights come without one: its processor is LAION's ViT-H/14).
     """
     device = resolve_device(str(device) if device is not None else None)
-    torch_type = torch_dtype(dtype)
+    torch_type = resolve_dtype(dtype)
     optional = () if processor else PROCESSOR_FILES
     path = resolve_folder(model, CONFIG_FILES, either=WEIGHT_FILES, optional=optional)
     key = (str(path.resolve()), str(processor), str(device), str(torch_type))

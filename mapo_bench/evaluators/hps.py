@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mapo_bench.backends.base import resolve_dtype
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.evaluators.backbones import CLIP_MEAN, CLIP_STD, resolve_device, rgb, to_numpy64, torch_dtype
+from mapo_bench.evaluators.backbones import CLIP_MEAN, CLIP_STD, resolve_device, rgb, to_numpy64
 from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
+from mapo_bench.evaluators.clip_score import clip_score
 from mapo_bench.models import resolve_model
 
 HPS_REPO = "xswu/HPSv2"
@@ -27,9 +29,8 @@ HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
 HPS_ARCH = "ViT-H-14"
 
 
-def hps_score(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """``(N, D), (N, D) -> (N,)``: 100 * cosine of paired rows."""
-    return 100.0 * torch.nn.functional.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
+# HPS is 100 * cos of paired rows, the CLIP-score formula on HPS's own open_clip ViT-H/14.
+hps_score = clip_score
 
 
 def build_open_clip(arch: str | dict[str, Any]) -> Any:
@@ -89,7 +90,7 @@ class HPS(Evaluator):
         except RuntimeError as exc:
             raise MapoBenchError(f"{path}: does not fit open_clip {arch if isinstance(arch, str) else 'config'} "
                                  f"({str(exc).splitlines()[0][:160]})") from None
-        torch_type = torch_dtype(dtype)
+        torch_type = resolve_dtype(dtype)
         target = resolve_device(device)
         clip.to(target, torch_type).eval()
         size = clip.visual.image_size

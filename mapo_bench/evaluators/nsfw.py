@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mapo_bench.backends.base import resolve_dtype
 from mapo_bench.evaluators.backbones import (
     CONFIG_FILES,
     WEIGHT_FILES,
@@ -26,7 +27,6 @@ from mapo_bench.evaluators.backbones import (
     resolve_folder,
     rgb,
     to_numpy64,
-    torch_dtype,
 )
 from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
 
@@ -65,7 +65,7 @@ class NSFWScore(Evaluator):
 
         no_options(cls.name, options)
         path = resolve_folder(model, CONFIG_FILES, either=WEIGHT_FILES, optional=PROCESSOR_FILES[:1])
-        torch_type = torch_dtype(dtype)
+        torch_type = resolve_dtype(dtype)
         target = resolve_device(device)
         checker = StableDiffusionSafetyChecker.from_pretrained(str(path), torch_dtype=torch_type).to(target).eval()
         if processor:

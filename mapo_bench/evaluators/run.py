@@ -37,6 +37,7 @@ from mapo_bench.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from mapo_bench.threads import on_cpu
 
 SCORE_COLUMNS = ("image_id", "prompt_id", "prompt", "seed", "model", "metric", "metric_version", "score",
                  "higher_is_better")
@@ -180,7 +181,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     digest = inputs_hash(cfg)
     if not cfg.overwrite and manifest_matches(out, digest):
         return out
-    state = PartialState(cpu=_on_cpu(cfg.device))
+    state = PartialState(cpu=on_cpu(cfg.device))
     device = cfg.device or str(state.device)
     context = ScoreContext(task=cfg.task, target_style=cfg.target_style, base_style=cfg.base_style)
     watch = Stopwatch()
@@ -240,12 +241,3 @@ def _write_outputs(cfg: EvalConfig, scores: Any, out: Path, digest: str, timings
         write_json_atomic(tmp / MANIFEST, make_manifest(cfg, digest, counts, timings,
                                                         context={"task": cfg.task, "target_style": cfg.target_style,
                                                                  "base_style": cfg.base_style}))
-
-
-def _on_cpu(device: str | None) -> bool:
-    """accelerate needs ``cpu=True`` to join CPU processes (torchrun / accelerate launch) into one group."""
-    if device is not None:
-        return str(device).startswith("cpu")
-    import torch
-
-    return not torch.cuda.is_available()

@@ -313,6 +313,8 @@ class ToyPipeline:
         from diffusers import DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel
 
+        from mapo_bench.backends.base import dtype_kwargs
+
         folder = Path(folder)
         meta_path = folder / PIPELINE_FILE
         if not meta_path.is_file():
@@ -326,7 +328,7 @@ class ToyPipeline:
             unet_dir = unet_dir / "unet"
         if not (unet_dir / "config.json").is_file():
             raise MapoBenchError(f"{unet_dir}: no UNet here (expected config.json + diffusion_pytorch_model.safetensors)")
-        unet_model = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch_dtype)
+        unet_model = UNet2DConditionModel.from_pretrained(str(unet_dir), **dtype_kwargs(torch_dtype))
         text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), dtype=torch_dtype)
         scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"))
         pipe = cls(unet_model, text_encoder, tokenizer, scheduler, arch)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mapo_bench.config import StrictModel
-from mapo_bench.registry import BACKENDS, METHODS, TIE_POLICIES, suggest
+from mapo_bench.registry import BACKENDS, METHODS, suggest
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -35,12 +35,6 @@ class DataConfig(StrictModel):
     """One horizontal flip with p = 0.5 shared by both images of a pair."""
     skip_bad_rows: bool = False
     """False: an undecodable image stops the run naming row and column; True: skip such rows and count them."""
-
-    @field_validator("tie_policy")
-    @classmethod
-    def _tie(cls, value: str) -> str:
-        assert value in TIE_POLICIES
-        return value
 
 
 class LoraSettings(StrictModel):
@@ -173,7 +167,4 @@ def result_hash(cfg: TrainConfig) -> str:
     """Hash of everything that decides the trained weights (a resumed run must match it)."""
     from mapo_bench.config import config_hash
 
-    data = cfg.model_dump(mode="json")
-    for key in NON_RESULT_KEYS:
-        data.pop(key, None)
-    return config_hash(data)
+    return config_hash(cfg, exclude=NON_RESULT_KEYS)

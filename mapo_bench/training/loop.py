@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mapo_bench import losses
+from mapo_bench.backends.base import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.training.config import TrainConfig, result_hash
 
@@ -157,7 +158,6 @@ class Trainer:
                                                        cfg.batch_size, progress=self._show_progress())
             acc.wait_for_everyone()
             self.cache = LatentCache(folder, key)
-            self.cache_folder = folder
 
     def _setup_model(self) -> None:
         from mapo_bench.training.cache import frozen_modules
@@ -188,7 +188,7 @@ class Trainer:
             if self.method.needs_reference:
                 self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
                 if cfg.mixed_precision != "no":
-                    self.reference.to({"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision])
+                    self.reference.to(resolve_dtype(cfg.mixed_precision))
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
