@@ -115,3 +115,24 @@ def test_load_pair_sizes_time_ids_and_shared_flip(tmp_path):
     flipped = load_pair(source, 0, 32, flip=True)
     for i in (0, 1):
         assert torch.equal(flipped.pixels[i], torch.flip(plain.pixels[i], dims=[2]))
+
+
+def test_image_bytes_read_by_row_group_with_bounded_memory(tmp_path, monkeypatch):
+    """Rows rewritten with 2 rows per row group (12 rows -> 6 groups over 2 shards); with at most 2 groups
+    kept, reading every row returns each row's own bytes and the cache never holds more than 2 groups."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    import mapo_bench.data.reader as reader
+
+    folder = write_pairs(tmp_path / "ds", n=12, shards=2)
+    expected = []
+    for shard in sorted((folder / "data").glob("*.parquet")):
+        frame = pd.read_parquet(shard)
+        expected += list(frame["jpg_1"])
+        pq.write_table(pq.read_table(shard), shard, row_group_size=2)
+    monkeypatch.setattr(reader, "CACHED_ROW_GROUPS", 2)
+    source = open_pairs(str(folder))
+    for row in [*range(12), 0, 11, 5]:
+        assert source.image_bytes(row, "jpg_1") == expected[row]
+        assert len(source._groups) <= 2

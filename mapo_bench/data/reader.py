@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 from mapo_bench.data.schema import DATA_SUBDIR, IMAGE_COLUMNS, LABEL_COLUMNS, PICKAPIC_COLUMNS
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.registry import TIE_POLICIES
+
+CACHED_ROW_GROUPS = 8  # parquet row groups of images kept in memory (the builder writes 64 rows a group)
 
 
 # -- opening -------------------------------------------------------------------------------------
@@ -65,7 +68,8 @@ class ParquetSource(PairSource):
             stat = path.stat()
             digest.update(f"{path.name}:{stat.st_size}:".encode())
             digest.update(_file_digest(path).encode())
-        self._images: dict[int, Any] = {}
+        self._group_starts: dict[int, np.ndarray] = {}
+        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
         super().__init__(name, captions, np.concatenate(labels) if labels else np.zeros((0, 2)),
                          digest.hexdigest()[:16])
 
@@ -74,12 +78,25 @@ class ParquetSource(PairSource):
         return index, row - self.offsets[index]
 
     def image_bytes(self, row: int, column: str) -> Any:
+        """One encoded image. Image columns are read a parquet row group at a time and only the last
+        ``CACHED_ROW_GROUPS`` groups are kept, so memory stays bounded whatever the dataset size."""
         import pyarrow.parquet as pq
 
         index, local = self._locate(row)
-        if index not in self._images:
-            self._images[index] = pq.read_table(self.files[index], columns=["jpg_0", "jpg_1"])
-        return self._images[index].column(column)[local].as_py()
+        if index not in self._group_starts:
+            meta = pq.ParquetFile(self.files[index]).metadata
+            sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+            self._group_starts[index] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        starts = self._group_starts[index]
+        group = int(np.searchsorted(starts, local, side="right")) - 1
+        key = (index, group)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+        else:
+            self._groups[key] = pq.ParquetFile(self.files[index]).read_row_group(group, columns=list(IMAGE_COLUMNS))
+            if len(self._groups) > CACHED_ROW_GROUPS:
+                self._groups.popitem(last=False)
+        return self._groups[key].column(column)[local - int(starts[group])].as_py()
 
 
 class HubSource(PairSource):
