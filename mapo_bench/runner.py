@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mapo_bench.config import config_hash
+from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec
 
@@ -112,7 +112,7 @@ class Runner:
 
             config = read_yaml(self.recipe_path(spec.recipe))
         for key, value in {**overrides, **grid_values}.items():
-            _set_dotted(config, key, value)
+            set_path(config, key, value)
         out = self.model_dir(d.name, method, point, seed)
         config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
                        "seed": seed})
@@ -177,19 +177,17 @@ class Runner:
         write_text_atomic(path, header + yaml.safe_dump(job.config, sort_keys=False))
         return path
 
-    def execute(self, jobs: list[Job], workers: int = 1) -> dict[str, float]:
-        """Run ``jobs`` respecting deps; finished jobs are skipped; returns wall seconds per job run."""
+    def execute(self, jobs: list[Job], workers: int = 1) -> None:
+        """Run ``jobs`` respecting deps; finished jobs (marker matches their config) are skipped."""
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from multiprocessing import get_context
 
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from mapo_bench.io import write_json_atomic
 
         pending = {job.id: job for job in jobs}
         known = set(pending)
         done: set[str] = set()
-        timings: dict[str, float] = {}
         running: dict[Any, Job] = {}
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -207,7 +205,7 @@ class Runner:
                         path = self.write_config(job)
                         progress.console.print(f"[cyan]{'run' if pool is None else 'queued'}[/cyan] {job.id}")
                         if pool is None:
-                            self._finish(job, timings, run_job(job.verb, str(path)), write_json_atomic)
+                            self._finish(job, run_job(job.verb, str(path)))
                             done.add(job.id)
                             progress.advance(bar)
                         else:
@@ -223,17 +221,18 @@ class Runner:
                             wall = future.result()
                         except MapoBenchError as exc:
                             raise MapoBenchError(f"job {job.id} failed: {exc}") from None
-                        self._finish(job, timings, wall, write_json_atomic)
+                        self._finish(job, wall)
                         done.add(job.id)
                         progress.advance(bar)
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-        return timings
 
-    def _finish(self, job: Job, timings: dict[str, float], wall: float, write_json_atomic: Any) -> None:
+    def _finish(self, job: Job, wall: float) -> None:
+        """Mark ``job`` finished; the marker (config hash, wall seconds) is what resume and the report read."""
+        from mapo_bench.io import write_json_atomic
+
         wall = round(wall, 2)
-        timings[job.id] = wall
         write_json_atomic(self.marker(job), {"config_hash": job.hash, "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
@@ -245,12 +244,6 @@ def run_job(verb: str, config_path: str) -> float:
     start = time.perf_counter()
     getattr(api, API_FUNCTIONS[verb])(config_path)
     return time.perf_counter() - start
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    from mapo_bench.config import set_path
-
-    set_path(tree, dotted, value)
 
 
 STYLE_METRICS = ("style", "toy-style")
@@ -374,11 +367,11 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
-    timings = runner.execute(jobs, workers)
+    runner.execute(jobs, workers)
     selection = select_settings(runner)
     write_json_atomic(run_dir / "selection.json", selection)
     jobs2 = runner.phase2(selection)
-    timings.update(runner.execute(jobs2, workers))
+    runner.execute(jobs2, workers)
     from mapo_bench.report import write_report
 
     return write_report(run_dir)
