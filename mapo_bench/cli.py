@@ -219,15 +219,18 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan with estimated costs")] = False,
     emit_commands: Annotated[bool, typer.Option("--emit-commands", help="print each job as a CLI command")] = False,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<pipeline name>)")] = None,
+    job: Annotated[str | None, typer.Option(help="run only this job (an id printed by --emit-commands)")] = None,
 ) -> None:
     """Run a whole experiment: build, mismatch, train, sample, eval, report; resumable.
+
+    Under torchrun / accelerate launch every process shares each job (use --workers 1).
 
     Example: mapo-bench run pipelines/toy-quick.yaml --workers 2
     """
     from mapo_bench import api
 
     result = api.run(pipeline, overrides or [], workers=workers, dry_run=dry_run, emit_commands=emit_commands,
-                     out=out)
+                     out=out, job=job)
     if result is not None:
         _print_path("run:", result)
 

@@ -155,9 +155,13 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
 
     from mapo_bench.backends import load_backend
     from mapo_bench.io import Stopwatch, make_manifest, write_json_atomic, write_text_atomic
+    from mapo_bench.launch import distributed_rank, wait_for_everyone
     from mapo_bench.severity_math import bootstrap_interval, frechet_distance, kid, kid_interval
 
     out = cfg.out or cfg.dataset / SEVERITY_FILE
+    if distributed_rank()[0] != 0:  # under a launcher rank 0 measures (one small seeded pass); the rest wait
+        wait_for_everyone()
+        return Path(out)
     watch = Stopwatch()
     frame = read_pairs(cfg.dataset, cfg.max_pairs)
     if len(frame) < 2:
@@ -222,6 +226,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
                            task=dataset_manifest.get("task"), prefixed_side=prefixed_side(dataset_manifest))
     write_json_atomic(out, record)
     write_text_atomic(Path(out).with_suffix(".md"), severity_markdown(measures, cfg.dataset))
+    wait_for_everyone()
     return Path(out)
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
@@ -39,18 +40,38 @@ class Job:
     deps: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def hash(self) -> str:
-        return config_hash(self.config)
+
+def base_identity(spec: PipelineSpec) -> dict[str, Any]:
+    """What job configs name but do not contain: the toy base's weights, by the config hash in its
+    manifest (so finished jobs are redone after the shipped base changes). Hub ids are their own identity."""
+    identity: dict[str, Any] = {"backend": spec.backend, "model": spec.model}
+    if spec.backend == "toy":
+        from mapo_bench.toy.shipped import read_manifest, resolve_toy_model
+
+        try:
+            identity["toy_config_hash"] = (read_manifest(resolve_toy_model(spec.model or "toy")) or {}).get("config_hash")
+        except MapoBenchError:
+            pass  # the stage itself reports the missing model
+    return identity
 
 
 class Runner:
-    """Plans, executes and resumes the jobs of one pipeline in ``run_dir``."""
+    """Plans, executes and resumes the jobs of one pipeline in ``run_dir``.
+
+    Under ``torchrun`` / ``accelerate launch`` every process walks the same plan one job at a time and
+    runs each stage as a collective; rank 0 alone writes markers, selection and report.
+    """
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, pipeline_path: Path | None = None) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir)
         self.pipeline_path = pipeline_path
+        self.base = base_identity(spec)
+        self.rank, self.world = distributed_rank()
+
+    def job_hash(self, job: Job) -> str:
+        """The job's config and the base it runs on: what a finished marker must match."""
+        return config_hash({"config": job.config, "base": self.base})
 
     # -- paths ---------------------------------------------------------------------------------
     def dataset_dir(self, d: DatasetSpec) -> Path:
@@ -167,7 +188,7 @@ class Runner:
         path = self.marker(job)
         if not path.is_file() or not job.out.exists():
             return False
-        return json.loads(path.read_text()).get("config_hash") == job.hash
+        return json.loads(path.read_text()).get("config_hash") == self.job_hash(job)
 
     def write_config(self, job: Job) -> Path:
         from mapo_bench.io import write_text_atomic
@@ -185,13 +206,16 @@ class Runner:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+        if self.world > 1 and workers > 1:
+            raise MapoBenchError(f"--workers {workers} under a {self.world}-process launch: the processes already "
+                                 "share each job; use --workers 1")
         pending = {job.id: job for job in jobs}
         known = set(pending)
         done: set[str] = set()
         running: dict[Any, Job] = {}
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn()) as progress:
+                      TimeElapsedColumn(), disable=self.rank != 0) as progress:
             bar = progress.add_task(f"{self.spec.name}", total=len(jobs))
             try:
                 while pending or running:
@@ -206,6 +230,7 @@ class Runner:
                         progress.console.print(f"[cyan]{'run' if pool is None else 'queued'}[/cyan] {job.id}")
                         if pool is None:
                             self._finish(job, run_job(job.verb, str(path)))
+                            wait_for_everyone()
                             done.add(job.id)
                             progress.advance(bar)
                         else:
@@ -233,7 +258,9 @@ class Runner:
         from mapo_bench.io import write_json_atomic
 
         wall = round(wall, 2)
-        write_json_atomic(self.marker(job), {"config_hash": job.hash, "wall_s": wall, "verb": job.verb,
+        if self.rank != 0:
+            return
+        write_json_atomic(self.marker(job), {"config_hash": self.job_hash(job), "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -349,10 +376,8 @@ def _phase2_counts(runner: Runner) -> dict[str, int]:
 
 
 def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers: int = 1, dry_run: bool = False,
-                 emit_commands: bool = False, out: Path | None = None) -> Path | None:
-    """Plan and run a pipeline; returns the report folder (None for --dry-run / --emit-commands)."""
-    from mapo_bench.io import write_json_atomic
-
+                 emit_commands: bool = False, out: Path | None = None, job: str | None = None) -> Path | None:
+    """Plan and run a pipeline; returns the report folder (None for --dry-run, --emit-commands, --job)."""
     run_dir = Path(out) if out else Path("runs") / spec.name
     runner = Runner(spec, run_dir, pipeline_path)
     jobs = runner.phase1()
@@ -360,21 +385,78 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
     if dry_run:
         print(describe_plan(runner, jobs, sum(_phase2_counts(runner).values())))
         return None
-    if emit_commands:
-        for job in jobs:
-            print(f"mapo-bench {CLI_VERBS[job.verb]} --config {runner.write_config(job)}")
-        print(f"# after these finish: mapo-bench run {pipeline_path or spec.name} (selects settings, runs seeds, reports)")
+    if runner.rank == 0:
+        from mapo_bench.io import write_json_atomic
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
+    if job is not None or emit_commands:
+        if all(runner.is_done(j) for j in jobs):
+            jobs = runner.phase2(_select(runner))
+        if job is not None:
+            run_single_job(runner, jobs, job)
+        else:
+            print_commands(runner, jobs, pipeline_path)
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
     runner.execute(jobs, workers)
-    selection = select_settings(runner)
-    write_json_atomic(run_dir / "selection.json", selection)
-    jobs2 = runner.phase2(selection)
-    runner.execute(jobs2, workers)
+    runner.execute(runner.phase2(_select(runner)), workers)
+    if runner.rank != 0:
+        return None
     from mapo_bench.report import write_report
 
     return write_report(run_dir)
+
+
+def _select(runner: Runner) -> dict[str, Any]:
+    """Select settings from the phase-1 scores (every rank reads them; rank 0 writes selection.json)."""
+    selection = select_settings(runner)
+    if runner.rank == 0:
+        from mapo_bench.io import write_json_atomic
+
+        write_json_atomic(runner.run_dir / "selection.json", selection)
+    return selection
+
+
+def job_command(runner: Runner, job_id: str) -> str:
+    pipeline = runner.pipeline_path or runner.spec.name
+    return f"mapo-bench run {pipeline} --out {runner.run_dir} --job {job_id}"
+
+
+def print_commands(runner: Runner, jobs: list[Job], pipeline_path: Path | None) -> None:
+    """Every unfinished job of the current phase as a standalone command, in dependency order.
+
+    ``mapo-bench run P --job ID`` runs one stage and records it as finished, so a later ``mapo-bench run P``
+    skips it; prefix it with ``accelerate launch [...]`` (the console script's path) or ``torchrun -m
+    mapo_bench`` to run that stage on several processes. Each job's stage config is also written to
+    ``configs/`` for schedulers that call the stage directly (the runner then cannot see it finished).
+    """
+    todo = [j for j in jobs if not runner.is_done(j)]
+    phase = "selected settings (phase 2)" if any(j.meta.get("split") == "test" for j in jobs) else "grid (phase 1)"
+    print(f"# {len(todo)} unfinished jobs of the {phase}, in dependency order")
+    for j in todo:
+        runner.write_config(j)
+        print(job_command(runner, j.id))
+    print(f"# when they have finished: mapo-bench run {pipeline_path or runner.spec.name} --out {runner.run_dir} "
+          "--emit-commands (next phase) or without it (finish and report)")
+
+
+def run_single_job(runner: Runner, jobs: list[Job], job_id: str) -> None:
+    """Run one job of the current phase in this process (all ranks under a launcher), then mark it done."""
+    by_id = {j.id: j for j in jobs}
+    if job_id not in by_id:
+        from mapo_bench.registry import suggest
+
+        raise MapoBenchError(f"--job {job_id}: not a job of this phase of {runner.spec.name}{suggest(job_id, list(by_id))}; "
+                             "list them with --emit-commands")
+    job = by_id[job_id]
+    missing = [d for d in job.deps if d in by_id and not runner.is_done(by_id[d])]
+    if missing:
+        raise MapoBenchError(f"--job {job_id}: waits on unfinished {', '.join(missing)}")
+    if runner.is_done(job):
+        print(f"{job_id}: already finished")
+        return
+    runner._finish(job, run_job(job.verb, str(runner.write_config(job))))
+    wait_for_everyone()
 
 
 def _validate_jobs(jobs: list[Job]) -> None:

@@ -39,14 +39,16 @@ def test_toy_mismatch_plan_has_the_protocol():
     assert len(severities) >= 4
 
 
-def test_emit_commands_writes_standalone_configs(tmp_path, capsys):
+def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
+    """Each line runs one job through the runner (so its marker is written); stage configs land in configs/."""
     path = ROOT / "pipelines" / "toy-quick.yaml"
     spec = load_config(PipelineSpec, path)
     run_pipeline(spec, pipeline_path=path, emit_commands=True, out=tmp_path / "run")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mapo-bench ")]
-    assert lines and all("--config" in line for line in lines)
-    verb, config = lines[0].split()[1], Path(lines[0].split("--config ")[1])
-    assert verb == "build-dataset" and yaml.safe_load(config.read_text())["task"] == "pick-style"
+    assert len(lines) == len(Runner(spec, tmp_path / "run", path).phase1())
+    assert lines[0] == f"mapo-bench run {path} --out {tmp_path / 'run'} --job build:{spec.datasets[0].name}"
+    config = yaml.safe_load((tmp_path / "run" / "configs" / f"build__{spec.datasets[0].name}.yaml").read_text())
+    assert config["task"] == spec.datasets[0].task
 
 
 @pytest.fixture(scope="module")
@@ -97,4 +99,74 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy):
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
     # Resume: a second run finds every job finished and redoes none of them.
     run_pipeline(spec, out=run)
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")} == markers
+
+
+def test_single_jobs_respect_deps_and_are_recorded(tmp_path, tiny_toy, capsys):
+    """--job runs one job and writes its marker (a later full run skips it); a job whose deps are
+    unfinished, or an unknown id, is refused with one line."""
+    from mapo_bench.errors import MapoBenchError
+
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "log": {"progress": False}}))
+    spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
+    run = tmp_path / "run"
+    with pytest.raises(MapoBenchError, match="waits on unfinished build:cartoon"):
+        run_pipeline(spec, out=run, job="train:cartoon:mapo:g0:s0")
+    with pytest.raises(MapoBenchError, match="did you mean 'build:cartoon'"):
+        run_pipeline(spec, out=run, job="build:cartoom")
+    run_pipeline(spec, out=run, job="build:cartoon")
+    runner = Runner(spec, run)
+    (build,) = [j for j in runner.phase1() if j.id == "build:cartoon"]
+    assert runner.is_done(build)
+    capsys.readouterr()
+    run_pipeline(spec, out=run, emit_commands=True)
+    printed = capsys.readouterr().out
+    assert "--job build:safety" in printed and "--job build:cartoon" not in printed
+
+
+def test_a_changed_toy_base_invalidates_finished_jobs(tmp_path, tiny_toy):
+    """Job configs name the toy base ("toy" or a folder) without its weights; the base's config hash
+    is part of every job's hash, so a re-pretrained base is never mixed with old results."""
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text("max_steps: 2\n")
+    spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
+    job = Runner(spec, tmp_path).phase1()[0]
+    before = Runner(spec, tmp_path).job_hash(job)
+    manifest = json.loads((tiny_toy / "manifest.json").read_text())
+    other = tmp_path / "other_base"
+    import shutil
+
+    shutil.copytree(tiny_toy, other)
+    (other / "manifest.json").write_text(json.dumps({**manifest, "config_hash": "0" * 16}))
+    moved = spec.model_copy(update={"model": str(other)})
+    same_name = Runner(moved, tmp_path)
+    same_name.base["model"] = spec.model  # only the weights' identity differs
+    assert same_name.job_hash(job) != before
+
+
+@pytest.mark.slow
+def test_whole_pipeline_under_torchrun(tmp_path, tiny_toy):
+    """`mapo-bench run` launched as two processes (torchrun; accelerate launch starts the same group):
+    each job runs as a collective, rank 0 writes markers and the report; a later one-process run redoes
+    nothing."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "log": {"progress": False}}))
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_spec(tiny_toy, recipe)))
+    run = tmp_path / "run"
+    env = {**os.environ, "MAPO_BENCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mapo_bench", "run",
+           str(spec_path), "--out", str(run)]
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "report" / "results.json").is_file() and (run / "report" / "table.md").is_file()
+    train_manifest = json.loads((run / "models" / "cartoon" / "mapo" / "g0-s0" / "manifest.json").read_text())
+    assert train_manifest["counts"]["processes"] == 2
+    markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
+    run_pipeline(PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe)), out=run)
     assert {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")} == markers
