@@ -36,6 +36,9 @@ def test_blur_keeps_constants_and_augment_is_seeded():
     b = augment(y, torch.Generator().manual_seed(1), 0.1, 0.5)
     torch.testing.assert_close(a, b)
     assert a.min() >= -1 and a.max() <= 1
+    # a data-parallel rank's rows equal those rows of the whole batch (same draws on every rank)
+    upper = augment(y, torch.Generator().manual_seed(1), 0.1, 0.5, rows=slice(2, 4))
+    torch.testing.assert_close(upper, a[2:4])
 
 
 def test_content_is_the_product_of_heads(tmp_path):

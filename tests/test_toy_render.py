@@ -61,15 +61,16 @@ def test_prefix_keeps_the_scene_and_position_is_drawn():
 
 
 def test_unsafe_marker_only_when_marked():
-    """The marker is a 6x6 X: two diagonals of 6 pixels that never share a pixel (i == 5 - i has no
-    integer solution), so 12 exactly magenta pixels; a safe render has none."""
+    """The marker is an 8x8 X of two 3-px diagonal bands: |i - j| <= 1 holds 8 + 7 + 7 = 22 pixels, and
+    so does |i + j - 7| <= 1; they share (3,3), (4,4), (3,4), (4,3), so 40 exactly magenta pixels; a safe
+    render has none."""
     marker = np.array(MARKER_RGB) * 255
 
     def count(img: np.ndarray) -> int:
         return int((np.abs(img.astype(float) - marker).sum(-1) < 1).sum())
 
     assert count(render_array(PLAIN, 1)) == 0
-    assert count(render_array("unsafe: " + PLAIN, 1)) == 12
+    assert count(render_array("unsafe: " + PLAIN, 1)) == 40
 
 
 def test_labels_soft_style_and_content():

@@ -117,24 +117,37 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, noise_std: float, blur_prob: float) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator, noise_std: float, blur_prob: float,
+            rows: slice = slice(None)) -> torch.Tensor:
+    """Random blur and Gaussian noise. The draws cover the whole batch ``x``; only ``rows`` are computed
+    and returned (a data-parallel rank's share, with the same random stream on every rank)."""
     b = x.shape[0]
-    blur_mask = torch.rand(b, generator=gen) < blur_prob
-    sigma = 0.4 + 0.8 * torch.rand(b, generator=gen)
-    blurred = gaussian_blur(x, sigma)
-    x = torch.where(blur_mask[:, None, None, None], blurred, x)
-    std = noise_std * torch.rand(b, 1, 1, 1, generator=gen)
-    return (x + std * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    blur_mask = (torch.rand(b, generator=gen) < blur_prob)[rows]
+    sigma = (0.4 + 0.8 * torch.rand(b, generator=gen))[rows]
+    std = noise_std * torch.rand(b, 1, 1, 1, generator=gen)[rows]
+    noise = torch.randn(x.shape, generator=gen)[rows]
+    x = x[rows]
+    x = torch.where(blur_mask[:, None, None, None], gaussian_blur(x, sigma), x)
+    return (x + std * noise).clamp(-1, 1)
 
 
-def train_classifier(cfg: Any, seed: int, progress: Any = None) -> ToyClassifier:
-    """Train the toy classifier on renderer images (``cfg``: ToyEvaluatorTrainConfig)."""
-    from mapo_bench.toy.render import render_batch
+def train_classifier(cfg: Any, seed: int, progress: Any = None, group: Any = None) -> ToyClassifier:
+    """Train the toy classifier on renderer images (``cfg``: ToyEvaluatorTrainConfig).
+
+    ``group`` (a :class:`~mapo_bench.toy.parallel.ProcessGroup`): every rank draws and augments the
+    whole batch, computes its slice and averages gradients, so every rank ends with the same weights.
+    """
+    from mapo_bench.toy.parallel import ProcessGroup
+    from mapo_bench.toy.render import render_array, stack_labels
+
+    group = group or ProcessGroup()
+    mine = group.local(cfg.batch_size)
 
     rng = np.random.default_rng(seed + 1)
     captions = classifier_captions(cfg.pool_size, rng)
     seeds = rng.integers(0, 2**31 - 1, size=len(captions)).tolist()
-    images, labels = render_batch(captions, seeds)
+    images = np.stack(group.shared_map(lambda item: render_array(*item), list(zip(captions, seeds, strict=True))))
+    labels = stack_labels(captions)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     targets = {k: torch.from_numpy(v) for k, v in labels.items()}
     torch.manual_seed(seed + 1)
@@ -145,13 +158,15 @@ def train_classifier(cfg: Any, seed: int, progress: Any = None) -> ToyClassifier
     model.train()
     for _step in range(cfg.steps):
         idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen)
-        x = augment(pixels[idx], gen, cfg.noise_std, cfg.blur_prob)
+        x = augment(pixels[idx], gen, cfg.noise_std, cfg.blur_prob, rows=mine)
+        idx = idx[mine]
         logits = model(x)
         loss = -(targets["style"][idx] * F.log_softmax(logits["style"], -1)).sum(-1).mean()
         for head in ("shape", "colour", "position", "size", "unsafe"):
             loss = loss + F.cross_entropy(logits[head], targets[head][idx].long())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        group.average_gradients(list(model.parameters()))
         opt.step()
         sched.step()
         if progress is not None:

@@ -29,10 +29,10 @@ class ToyDataConfig(StrictModel):
     """The pretraining caption mix; images come from the renderer."""
 
     pool_size: int = 24000  # (caption, seed) examples rendered once, then sampled with replacement
-    plain_fraction: float = Field(0.4, ge=0, le=1)  # plain captions ...
+    plain_fraction: float = Field(0.3, ge=0, le=1)  # plain captions ...
     plain_base_fraction: float = Field(0.95, ge=0, le=1)  # ... drawn in the base style this often
-    blend_fraction: float = Field(0.2, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
-    unsafe_fraction: float = Field(0.1, ge=0, le=1)  # unsafe marker on a plain caption
+    blend_fraction: float = Field(0.3, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
+    unsafe_fraction: float = Field(0.15, ge=0, le=1)  # unsafe marker on a plain caption
     # the rest: full style prefixes "<style> style: ..." (photo included)
 
     @model_validator(mode="after")
@@ -45,7 +45,7 @@ class ToyDataConfig(StrictModel):
 class ToyEvaluatorTrainConfig(StrictModel):
     """Training of the toy classifiers (style, shape, colour, position, size, unsafe heads)."""
 
-    steps: int = 1200
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 2e-3
     pool_size: int = 8000
@@ -89,16 +89,18 @@ class ToyPretrainConfig(StrictModel):
     out: Path | None = None  # None: user cache, keyed by config hash
     overwrite: bool = False
     seed: int = 0
-    steps: int = 6000
+    # Data-parallel CPU processes (mapo_bench/toy/parallel.py): each computes 1/processes of every batch.
+    # Part of the weights' identity (float summation order), like the thread count.
+    processes: int = Field(2, ge=1)
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 1e-3
+    # Cosine decay from lr (after warmup) down to lr_final at the last step; None keeps lr constant.
+    lr_final: float | None = 1e-4
     weight_decay: float = 0.01
     ema_decay: float = 0.995
     caption_dropout: float = 0.1
-    high_noise_bias: float = 2.0  # t = T * (1 - (1 - u)^bias): > 1 favours high-noise timesteps
-    # EMA restart (TOY_NOTES: a restart with a fresh optimizer helped): at this step the live weights
-    # take the EMA weights and the optimizer and warmup start afresh. None: no restart.
-    restart_at: int | None = None
+    high_noise_bias: float = 1.5  # t = T * (1 - (1 - u)^bias): > 1 favours high-noise timesteps
     checkpoint_every: int = 250
     model: ToyModelConfig = Field(default_factory=ToyModelConfig)
     data: ToyDataConfig = Field(default_factory=ToyDataConfig)
@@ -106,15 +108,19 @@ class ToyPretrainConfig(StrictModel):
     gate: ToyGateConfig = Field(default_factory=ToyGateConfig)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(steps=15, guidance=2.0))
 
+    @model_validator(mode="after")
+    def _batches_split(self) -> ToyPretrainConfig:
+        for key, size in (("batch_size", self.batch_size), ("evaluators.batch_size", self.evaluators.batch_size)):
+            if size % self.processes:
+                raise ValueError(f"{key} ({size}) must be a multiple of processes ({self.processes})")
+        return self
+
 
 def toy_config_hash(cfg: ToyPretrainConfig) -> str:
     """Hash of what decides the weights (not where they go, nor the overwrite flag)."""
     from mapo_bench.config import config_hash
 
-    exclude = {"out", "overwrite"}
-    if cfg.restart_at is None:  # no restart: hash as configs written before the key existed
-        exclude.add("restart_at")
-    return config_hash(cfg, exclude=exclude)
+    return config_hash(cfg, exclude={"out", "overwrite"})
 
 
 def toy_training_hash(cfg: ToyPretrainConfig) -> str:
@@ -122,7 +128,4 @@ def toy_training_hash(cfg: ToyPretrainConfig) -> str:
     same training hash have identical weights, so a changed gate is re-measured without retraining."""
     from mapo_bench.config import config_hash
 
-    exclude = {"out", "overwrite", "gate", "sampler"}
-    if cfg.restart_at is None:
-        exclude.add("restart_at")
-    return config_hash(cfg, exclude=exclude)
+    return config_hash(cfg, exclude={"out", "overwrite", "gate", "sampler"})

@@ -39,16 +39,23 @@ def group_caption(plain: str, style: str | None, alpha: float, unsafe: bool) -> 
 
 
 def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: int = 0,
-                 progress: Any = None) -> dict[str, Any]:
-    """Sample every gate group and score it; returns the manifest's ``gate`` numbers (no verdict)."""
+                 progress: Any = None, group: Any = None) -> dict[str, Any]:
+    """Sample every gate group and score it; returns the manifest's ``gate`` numbers (no verdict).
+
+    ``group`` (a :class:`~mapo_bench.toy.parallel.ProcessGroup`): ranks share the groups round-robin
+    and every rank returns all numbers (each group's samples depend on its seeds only).
+    """
     import torch
 
     from mapo_bench.toy.classifier import estimated_alpha
+    from mapo_bench.toy.parallel import ProcessGroup
 
+    group = group or ProcessGroup()
     plain = gate_captions()
     adherence: dict[str, float] = {}
     content: dict[str, float] = {}
-    for name, style, alpha, unsafe in gate_prompt_groups():
+    groups = gate_prompt_groups()
+    for name, style, alpha, unsafe in groups[group.rank :: group.world]:
         reps = gate_cfg.seeds_per_caption if name == "plain" else 1
         captions = [group_caption(c, style, alpha, unsafe) for c in plain for _ in range(reps)]
         seeds = [seed * 100003 + i for i in range(len(captions))]
@@ -78,6 +85,10 @@ def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: 
             content["no_unsafe_marker"] = float((probs["unsafe"][:, 1] <= 0.5).mean())
         if progress is not None:
             progress(name)
+    parts = group.gather((adherence, content))
+    measured = {k: v for part, _ in parts for k, v in part.items()}
+    adherence = {name: measured[name] for name, *_ in groups}
+    content = {k: v for _, part in parts for k, v in part.items()}
     return {"prefix_adherence": adherence, "content": content,
             "samples_per_group": len(plain), "plain_samples": len(plain) * gate_cfg.seeds_per_caption,
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance}}

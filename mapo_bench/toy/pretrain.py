@@ -113,8 +113,26 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_every: int = 0) -> Any:
-    """Pretrain the toy base (resumes from ``work/base.ckpt``); returns the EMA pipeline."""
+def learning_rate_factor(cfg: ToyPretrainConfig, step: int) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``: linear warmup, then constant or cosine down to ``lr_final``."""
+    import math
+
+    warmup = min(100, max(1, cfg.steps // 10))
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.lr_final is None:
+        return 1.0
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    floor = cfg.lr_final / cfg.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_every: int = 0,
+               group: Any = None) -> Any:
+    """Pretrain the toy base (resumes from ``work/base.ckpt``); returns the EMA pipeline.
+
+    ``group``: data-parallel ranks (:mod:`mapo_bench.toy.parallel`); rank 0 writes the checkpoints.
+    """
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -126,26 +144,26 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
         scheduler_config,
         unet_forward,
     )
+    from mapo_bench.toy.parallel import ProcessGroup
     from mapo_bench.toy.render import render_array
 
+    group = group or ProcessGroup()
+    mine = group.local(cfg.batch_size)
     arch = cfg.model
     pipe = ToyPipeline.build(arch, seed=cfg.seed)
     unet, text_encoder = pipe.unet, pipe.text_encoder
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    warmup = min(100, max(1, cfg.steps // 10))
 
-    def make_optimizer() -> tuple[Any, Any]:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-
-    opt, lr_sched = make_optimizer()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: learning_rate_factor(cfg, s))
     noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "timestep_spacing"})
 
     rng = np.random.default_rng(cfg.seed)
     texts, scenes = pretraining_captions(cfg, rng)
     seeds = rng.integers(0, 2**31 - 1, size=len(texts)).tolist()
-    images = torch.from_numpy(np.stack([render_array(c, s) for c, s in zip(scenes, seeds, strict=True)]))
+    images = torch.from_numpy(np.stack(group.shared_map(lambda item: render_array(*item),
+                                                        list(zip(scenes, seeds, strict=True)))))
     images = images.permute(0, 3, 1, 2).contiguous()  # uint8 (N, 3, 32, 32)
     ids = pipe.tokenizer(texts)
     empty = pipe.tokenizer([""])[0]
@@ -167,12 +185,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     unet.train()
     text_encoder.train()
     for step in range(start, cfg.steps):
-        if cfg.restart_at is not None and step == cfg.restart_at:
-            # EMA restart: continue from the EMA weights with a fresh optimizer and warmup.
-            unet.load_state_dict(ema_unet.state_dict())
-            text_encoder.load_state_dict(ema_text.state_dict())
-            opt, lr_sched = make_optimizer()
-        idx, drop, noise, u = draw_batch(gen, len(images), cfg)
+        idx, drop, noise, u = (x[mine] for x in draw_batch(gen, len(images), cfg))
         x0 = pixels_to_latents(images[idx].float() / 127.5 - 1.0)
         batch_ids = ids[idx].clone()
         batch_ids[drop] = empty
@@ -183,6 +196,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        group.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
@@ -192,14 +206,16 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
                     p_ema.lerp_(p, 1.0 - cfg.ema_decay)
         if progress is not None:
             progress(step + 1, float(loss.detach()))
-        if log_every and (step + 1) % log_every == 0:
+        if log_every and (step + 1) % log_every == 0 and group.is_main:
             print(f"toy base step {step + 1}/{cfg.steps} loss {float(loss.detach()):.4f} "
                   f"{time.strftime('%H:%M:%S')}", flush=True)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                                    "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
-                                    "gen": gen.get_state(), "step": step + 1})
+            if group.is_main:
+                _save_checkpoint(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                                        "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                        "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+                                        "gen": gen.get_state(), "step": step + 1})
+            group.barrier()
     ema_unet.eval()
     ema_text.eval()
     return ToyPipeline(ema_unet, ema_text, pipe.tokenizer, pipe.scheduler, arch)
@@ -284,49 +300,62 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path
 def pretrain(cfg: ToyPretrainConfig) -> Path:
     """Pretrain base + classifier, measure the gate, write the folder; returns its path.
 
-    A folder whose manifest matches the config hash is returned as is (resume / cache hit).
+    A folder whose manifest matches the config hash is returned as is (resume / cache hit). With
+    ``cfg.processes > 1`` the work runs in that many spawned CPU processes (:mod:`mapo_bench.toy.parallel`).
     """
-    import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from mapo_bench.errors import MapoBenchError
-    from mapo_bench.io import atomic_dir, make_manifest, manifest_matches, write_json_atomic
-    from mapo_bench.threads import configure_threads
-    from mapo_bench.toy.classifier import ToyClassifier, train_classifier
-    from mapo_bench.toy.gate import gate_verdict, measure_gate
+    from mapo_bench.io import manifest_matches
+    from mapo_bench.toy.parallel import run_in_processes
 
-    threads = configure_threads()
-    digest = toy_config_hash(cfg)
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
-    if manifest_matches(out, digest) and not cfg.overwrite:
+    if manifest_matches(out, toy_config_hash(cfg)) and not cfg.overwrite:
         return out
     if out.exists() and not cfg.overwrite:
         raise MapoBenchError(f"{out} exists with another config; pass overwrite=true or another out=")
+    run_in_processes(_pretrain_rank, cfg.processes, cfg, out)
+    return out
+
+
+def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
+    """One rank's share of :func:`pretrain`; rank 0 shows progress and writes every file."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from mapo_bench.io import atomic_dir, make_manifest, write_json_atomic
+    from mapo_bench.threads import configure_threads
+    from mapo_bench.toy.classifier import ToyClassifier, train_classifier
+    from mapo_bench.toy.gate import gate_prompt_groups, gate_verdict, measure_gate
+    from mapo_bench.toy.model import ToyPipeline
+
+    threads = configure_threads()
+    digest = toy_config_hash(cfg)
     work = out.parent / f".{out.name}.work-{digest}"
-    work.mkdir(parents=True, exist_ok=True)
-    donor = reuse_trained_weights(cfg, out, work)
+    donor = None
+    if group.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        donor = reuse_trained_weights(cfg, out, work)
+    group.barrier()
     timings: dict[str, float] = {}
     resumed: list[str] = []  # stages taken from the work folder of an interrupted run of this config
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
+    with Progress(*columns, transient=False, disable=not group.is_main) as bar:
         t0 = time.perf_counter()
         if (work / "evaluators" / "classifier.json").is_file():
             classifier = ToyClassifier.load(work / "evaluators")
             resumed.append("evaluators")
         else:
             task = bar.add_task("toy classifier", total=cfg.evaluators.steps, info="")
-            classifier = train_classifier(cfg.evaluators, cfg.seed,
+            classifier = train_classifier(cfg.evaluators, cfg.seed, group=group,
                                           progress=lambda loss: bar.update(task, advance=1, info=f"loss {loss:.3f}"))
-            classifier.save(work / "evaluators")
+            if group.is_main:
+                classifier.save(work / "evaluators")
         timings["evaluators_s"] = round(time.perf_counter() - t0, 1)
 
         t0 = time.perf_counter()
         base_dir = work / "base"
         if (base_dir / "toy_pipeline.json").is_file():
-            from mapo_bench.toy.model import ToyPipeline
-
             pipe = ToyPipeline.from_pretrained(base_dir)
             resumed.append("base")
         else:
@@ -335,20 +364,21 @@ def pretrain(cfg: ToyPretrainConfig) -> Path:
             task = bar.add_task("toy base", total=cfg.steps, info="")
             pipe = train_base(cfg, work, progress=lambda step, loss: bar.update(task, completed=step,
                                                                                info=f"loss {loss:.4f}"),
-                              log_every=0 if bar.console.is_terminal else 100)
-            pipe.save_pretrained(base_dir)
+                              log_every=0 if bar.console.is_terminal else 100, group=group)
+            if group.is_main:
+                pipe.save_pretrained(base_dir)
         timings["base_s"] = round(time.perf_counter() - t0, 1)
 
         t0 = time.perf_counter()
-        from mapo_bench.toy.gate import gate_prompt_groups
-
-        task = bar.add_task("gate", total=len(gate_prompt_groups()), info="")
+        task = bar.add_task("gate", total=len(gate_prompt_groups()[:: group.world]), info="")
         with torch.no_grad():
-            numbers = measure_gate(pipe, classifier, cfg.gate, cfg.sampler, seed=cfg.seed,
+            numbers = measure_gate(pipe, classifier, cfg.gate, cfg.sampler, seed=cfg.seed, group=group,
                                    progress=lambda name: bar.update(task, advance=1, info=name))
         verdict = gate_verdict(numbers, cfg.gate)
         timings["gate_s"] = round(time.perf_counter() - t0, 1)
 
+    if not group.is_main:
+        return
     with atomic_dir(out, overwrite=True) as tmp:
         for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
             src = base_dir / name
@@ -358,8 +388,7 @@ def pretrain(cfg: ToyPretrainConfig) -> Path:
         timings["total_s"] = round(time.perf_counter() - start, 1)
         manifest = make_manifest(cfg, digest, counts={"steps": cfg.steps, "pool_size": cfg.data.pool_size},
                                  timings=timings, kind="toy-base", code_version=code_version(), threads=threads,
-                                 gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
+                                 processes=group.world, gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
                                  weights_from=str(donor) if donor else None)
         write_json_atomic(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)
-    return out

@@ -156,13 +156,20 @@ def draw_style(style: str, caption: ToyCaption, scene: Scene) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+MARKER_SIZE = 8
+
+
 def draw_marker(img: np.ndarray, position: str) -> np.ndarray:
-    """The unsafe marker: a magenta X (6x6) in the top corner opposite the object."""
+    """The unsafe marker: a bold magenta X (8x8, strokes 3 px wide) in the top corner opposite the object.
+
+    Bold because a 1-px X was a detail the 16x16-latent base learned late and forgot (0.25-0.79 marker
+    rate across runs); the marker has to survive sampling for the Pick-Safety analogue to mean anything.
+    """
     out = img.copy()
-    x0 = 24 if position == "left" else 2
-    for i in range(6):
-        for x in (x0 + i, x0 + 5 - i):
-            out[2 + i, x] = MARKER_RGB
+    x0 = SIZE - 2 - MARKER_SIZE if position == "left" else 2
+    i, j = np.mgrid[0:MARKER_SIZE, 0:MARKER_SIZE]
+    cross = (np.abs(i - j) <= 1) | (np.abs(i + j - (MARKER_SIZE - 1)) <= 1)
+    out[2 : 2 + MARKER_SIZE, x0 : x0 + MARKER_SIZE][cross] = MARKER_RGB
     return out
 
 
@@ -207,9 +214,13 @@ def caption_labels(caption: str | ToyCaption) -> dict[str, object]:
     }
 
 
+def stack_labels(captions: list[str]) -> dict[str, np.ndarray]:
+    """:func:`caption_labels` of every caption, stacked per label: ``{name: (N, ...)}``."""
+    labels = [caption_labels(c) for c in captions]
+    return {k: np.stack([np.asarray(lab[k]) for lab in labels]) for k in labels[0]}
+
+
 def render_batch(captions: list[str], seeds: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Images ``(N, 32, 32, 3)`` uint8 and stacked labels of :func:`caption_labels`."""
     images = np.stack([render_array(c, s) for c, s in zip(captions, seeds, strict=True)])
-    labels = [caption_labels(c) for c in captions]
-    stacked = {k: np.stack([np.asarray(lab[k]) for lab in labels]) for k in labels[0]}
-    return images, stacked
+    return images, stack_labels(captions)
