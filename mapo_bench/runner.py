@@ -25,6 +25,7 @@ from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
+OVERWRITABLE = ("build", "train", "sample", "eval")  # verbs whose stage skips a finished output of the same config
 API_FUNCTIONS = {"build": "build_dataset", "mismatch": "measure_mismatch", "train": "train", "sample": "sample",
                  "eval": "evaluate"}
 
@@ -71,7 +72,8 @@ class Runner:
 
     def job_hash(self, job: Job) -> str:
         """The job's config and the base it runs on: what a finished marker must match."""
-        return config_hash({"config": job.config, "base": self.base})
+        config = {k: v for k, v in job.config.items() if k != "overwrite"}
+        return config_hash({"config": config, "base": self.base})
 
     # -- paths ---------------------------------------------------------------------------------
     def dataset_dir(self, d: DatasetSpec) -> Path:
@@ -190,6 +192,18 @@ class Runner:
             return False
         return json.loads(path.read_text()).get("config_hash") == self.job_hash(job)
 
+    def is_stale(self, job: Job) -> bool:
+        """Finished under another config or base: the stage's own cache (keyed by its config, which names
+        the base but does not hold it) must not hand back the old output, so the job reruns with overwrite."""
+        path = self.marker(job)
+        return path.is_file() and job.out.exists() and not self.is_done(job)
+
+    def prepare(self, job: Job) -> Path:
+        """Write the job's stage config (with ``overwrite`` when its old output is stale); returns its path."""
+        if self.is_stale(job) and job.verb in OVERWRITABLE:
+            job.config = {**job.config, "overwrite": True}
+        return self.write_config(job)
+
     def write_config(self, job: Job) -> Path:
         from mapo_bench.io import write_text_atomic
 
@@ -226,7 +240,7 @@ class Runner:
                             done.add(job.id)
                             progress.advance(bar)
                             continue
-                        path = self.write_config(job)
+                        path = self.prepare(job)
                         progress.console.print(f"[cyan]{'run' if pool is None else 'queued'}[/cyan] {job.id}")
                         if pool is None:
                             self._finish(job, run_job(job.verb, str(path)))
@@ -455,7 +469,7 @@ def run_single_job(runner: Runner, jobs: list[Job], job_id: str) -> None:
     if runner.is_done(job):
         print(f"{job_id}: already finished")
         return
-    runner._finish(job, run_job(job.verb, str(runner.write_config(job))))
+    runner._finish(job, run_job(job.verb, str(runner.prepare(job))))
     wait_for_everyone()
 
 

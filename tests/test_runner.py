@@ -143,6 +143,15 @@ def test_a_changed_toy_base_invalidates_finished_jobs(tmp_path, tiny_toy):
     same_name = Runner(moved, tmp_path)
     same_name.base["model"] = spec.model  # only the weights' identity differs
     assert same_name.job_hash(job) != before
+    # a job finished on the old base is stale: it reruns with overwrite (the stage would return its
+    # old output otherwise); overwrite is not part of the hash, so the rerun's marker then matches
+    job.out.mkdir(parents=True)
+    Runner(spec, tmp_path)._finish(job, 1.0)
+    assert Runner(spec, tmp_path).is_done(job) and not same_name.is_done(job) and same_name.is_stale(job)
+    config = yaml.safe_load(same_name.prepare(job).read_text())
+    assert config["overwrite"] is True
+    same_name._finish(job, 1.0)
+    assert same_name.is_done(job) and not same_name.is_stale(job)
 
 
 @pytest.mark.slow
