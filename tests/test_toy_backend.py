@@ -139,19 +139,25 @@ def test_gate_refusal_names_the_number():
 
 
 def test_shipped_base_is_marked_ungated_with_its_measured_shortfalls():
-    """The shipped base misses 0.8 at four blend levels and the unsafe marker: it ships waived, and its
-    manifest says so with the numbers (issue 6 stays open until a base passes)."""
+    """The shipped base misses 0.8 at one blend level: it ships waived, and its manifest says so with the
+    numbers (issue 6 stays open until a base passes); everything else clears its threshold."""
     from mapo_bench.toy.config import ToyGateConfig
     from mapo_bench.toy.gate import check_gate
     from mapo_bench.toy.shipped import read_manifest, shipped_dir
 
     manifest = read_manifest(shipped_dir())
     verdict = check_gate(manifest)
-    assert verdict["status"] == "ungated" and "unsafe marker (0.79)" in verdict["reason"]
-    thresholds = ToyGateConfig()  # the gate's own thresholds: full-strength styles, colour, position pass
-    assert manifest["gate"]["prefix_adherence"]["cartoon"] >= thresholds.prefix_adherence
+    assert verdict["status"] == "ungated" and verdict["failures"]
+    for failure in verdict["failures"]:  # every shortfall is named in the waiver's reason
+        group = failure.split("'")[1]
+        assert f"'{group}'" in verdict["reason"], failure
+    thresholds = ToyGateConfig()
+    failed = {f.split("'")[1] for f in verdict["failures"]}
+    passed = {k: v for k, v in manifest["gate"]["prefix_adherence"].items() if k not in failed}
+    assert passed and min(passed.values()) >= thresholds.prefix_adherence
     assert manifest["gate"]["content"]["colour"] >= thresholds.colour
     assert manifest["gate"]["content"]["position"] >= thresholds.position
+    assert manifest["gate"]["content"]["shape"] >= thresholds.shape
 
 
 def test_stale_manifest_message():

@@ -54,17 +54,18 @@ class ToyEvaluatorTrainConfig(StrictModel):
     width: int = 32
 
 
-SHIPPED_WAIVER = ("shipped base: prefix adherence below 0.8 at blends pixel 0.75 (0.74), cartoon 0.5 (0.75), "
-                  "cartoon 0.75 (0.78), neon 0.75 (0.74) and the unsafe marker (0.79); full-strength styles >= 0.97, "
-                  "colour and position 1.00, shape 0.72; waived so the embedded experiment runs")
+SHIPPED_WAIVER = ("shipped base: prefix adherence at the blend 'cartoon 0.5' is 0.79 (57 of 72 samples; 0.8 needs 58); "
+                  "every other number passes (full styles >= 0.99, other blends 0.82-0.97, unsafe marker 0.85, colour "
+                  "and position 1.00, shape 0.88); the classifier itself scores 0.92 on rendered cartoon 0.5 blends; "
+                  "waived so the embedded experiment runs")
 
 
 class ToyGateConfig(StrictModel):
     """What a base must reach before pairs are built from it (measured on its own samples)."""
 
-    # The shipped base (6000 steps) misses 0.8 prefix adherence at four blend levels and on the unsafe
-    # marker (numbers in mapo_bench/toy/assets/manifest.json); it is shipped waived, marked "ungated"
-    # in every manifest, card and report, until a base passes (issue 6).
+    # The shipped base misses 0.8 prefix adherence at one blend level, cartoon 0.5, by one sample of 72
+    # (numbers in mapo_bench/toy/assets/manifest.json); it is shipped waived, marked "ungated" in every
+    # manifest, card and report, until a base passes (issue 6).
     enforce: bool = False
     reason: str | None = SHIPPED_WAIVER
     prefix_adherence: float = 0.8

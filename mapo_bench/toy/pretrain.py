@@ -297,6 +297,22 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path
     return None
 
 
+def _donor_record(donor: Path | None) -> dict[str, Any] | None:
+    """Where reused weights came from: the donor's config hash, gate-free training hash and the timings
+    of the run that trained them (this manifest's own timings then cover only the re-measured gate)."""
+    if donor is None:
+        return None
+    import json
+
+    from mapo_bench.toy.config import toy_training_hash
+
+    manifest = json.loads((donor / "manifest.json").read_text())
+    config = ToyPretrainConfig.model_validate(manifest["config"])
+    return {"config_hash": manifest.get("config_hash"), "training_hash": toy_training_hash(config),
+            "timings": manifest.get("timings"), "created": manifest.get("created"),
+            "code_version": manifest.get("code_version")}
+
+
 def pretrain(cfg: ToyPretrainConfig) -> Path:
     """Pretrain base + classifier, measure the gate, write the folder; returns its path.
 
@@ -389,6 +405,6 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
         manifest = make_manifest(cfg, digest, counts={"steps": cfg.steps, "pool_size": cfg.data.pool_size},
                                  timings=timings, kind="toy-base", code_version=code_version(), threads=threads,
                                  processes=group.world, gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
-                                 weights_from=str(donor) if donor else None)
+                                 weights_from=_donor_record(donor))
         write_json_atomic(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)
