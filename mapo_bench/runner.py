@@ -21,6 +21,7 @@ import yaml
 
 from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec
 
@@ -263,6 +264,10 @@ class Runner:
                         self._finish(job, wall)
                         done.add(job.id)
                         progress.advance(bar)
+            except BaseException:
+                if pool is not None:
+                    stop_workers(pool)  # stages are crash-safe; a worker left running would race a resumed run
+                raise
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
@@ -276,6 +281,19 @@ class Runner:
             return
         write_json_atomic(self.marker(job), {"config_hash": self.job_hash(job), "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def stop_workers(pool: Any) -> None:
+    """Terminate a ProcessPoolExecutor's workers now instead of letting in-flight jobs run on
+    (``terminate_workers`` from Python 3.14; the executor's process table before that)."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if callable(terminate):
+        terminate()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.join(timeout=10)
 
 
 def run_job(verb: str, config_path: str) -> float:
@@ -399,11 +417,21 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
     if dry_run:
         print(describe_plan(runner, jobs, sum(_phase2_counts(runner).values())))
         return None
-    if runner.rank == 0:
-        from mapo_bench.io import write_json_atomic
+    # One full runner per run folder; single jobs (--job) share the folder with each other, one per job.
+    exclusive = job is None and not emit_commands
+    with hold_lock(run_dir / ".lock", shared=not exclusive, enabled=runner.rank == 0,
+                   busy=f"{run_dir}: another mapo-bench run is using this run folder; wait for it or stop it, "
+                        "then run again to resume"):
+        if runner.rank == 0:
+            from mapo_bench.io import write_json_atomic
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
+            write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
+        return _run_phases(runner, workers, emit_commands, job, pipeline_path)
+
+
+def _run_phases(runner: Runner, workers: int, emit_commands: bool, job: str | None,
+                pipeline_path: Path | None) -> Path | None:
+    jobs = runner.phase1()
     if job is not None or emit_commands:
         if all(runner.is_done(j) for j in jobs):
             jobs = runner.phase2(_select(runner))
@@ -418,7 +446,7 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
         return None
     from mapo_bench.report import write_report
 
-    return write_report(run_dir)
+    return write_report(runner.run_dir)
 
 
 def _select(runner: Runner) -> dict[str, Any]:
@@ -466,10 +494,12 @@ def run_single_job(runner: Runner, jobs: list[Job], job_id: str) -> None:
     missing = [d for d in job.deps if d in by_id and not runner.is_done(by_id[d])]
     if missing:
         raise MapoBenchError(f"--job {job_id}: waits on unfinished {', '.join(missing)}")
-    if runner.is_done(job):
-        print(f"{job_id}: already finished")
-        return
-    runner._finish(job, run_job(job.verb, str(runner.prepare(job))))
+    lock = runner.marker(job).with_suffix(".lock")
+    with hold_lock(lock, enabled=runner.rank == 0, busy=f"--job {job_id}: already running in another process"):
+        if runner.is_done(job):
+            print(f"{job_id}: already finished")
+            return
+        runner._finish(job, run_job(job.verb, str(runner.prepare(job))))
     wait_for_everyone()
 
 

@@ -179,3 +179,51 @@ def test_whole_pipeline_under_torchrun(tmp_path, tiny_toy):
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
     run_pipeline(PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe)), out=run)
     assert {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")} == markers
+
+
+def test_locks_keep_runners_apart(tmp_path, tiny_toy):
+    """A full run refuses a run folder another run holds; single jobs share it (a scheduler runs them in
+    parallel) but not with a full run; a flock dies with its process, so a crash leaves no stale lock."""
+    from mapo_bench.errors import MapoBenchError
+    from mapo_bench.io import hold_lock
+
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text("max_steps: 2\n")
+    spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
+    run = tmp_path / "run"
+    with hold_lock(run / ".lock", shared=True):  # as a --job process holds it
+        with pytest.raises(MapoBenchError, match="another mapo-bench run is using this run folder"):
+            run_pipeline(spec, out=run)
+        with hold_lock(run / ".lock", shared=True):
+            pass  # another single job may share it
+    with hold_lock(run / ".lock"):
+        with pytest.raises(MapoBenchError, match="busy here"):
+            with hold_lock(run / ".lock", shared=True, busy="busy here"):
+                pass
+
+
+def _sleep(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_interrupted_runner_stops_its_workers():
+    """On Ctrl-C or a failed job the pool's in-flight jobs are killed, not awaited: a worker left running
+    would race the resumed run over the same outputs."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from mapo_bench.runner import stop_workers
+
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    future = pool.submit(_sleep, 60)
+    while not future.running():
+        time.sleep(0.05)
+    workers = list(pool._processes.values())
+    start = time.perf_counter()
+    stop_workers(pool)
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert time.perf_counter() - start < 20 and not any(w.is_alive() for w in workers)
