@@ -56,6 +56,10 @@ class EvalSpec(StrictModel):
     preference_metric: dict[str, str] = Field(default_factory=dict, description="task -> metric")
     fidelity_metric: str
     fidelity_threshold: float = 0.45
+    # Content scores within this margin count as ties in the fidelity win rate (0: exact ties only, as
+    # REFERENCE 5). For a saturated probability (most toy-content scores of a good base are > 0.9) the
+    # strict rule counts 1e-4 noise as losses: a fine-tune with a higher mean content still "lost".
+    fidelity_tie_margin: float = Field(0.0, ge=0.0)
     sample: dict[str, Any] = Field(default_factory=dict, description="extra sample keys")
     eval: dict[str, Any] = Field(default_factory=dict, description="extra eval keys")
     resamples: int = 1000

@@ -137,7 +137,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Mean scores (test prompts)", "", "| dataset | model | metric | mean | std | n |", "|---|---|---|---|---|---|"]
     for row in results["mean_scores"]:
         lines.append(f"| {row['dataset']} | {row['model']} | {row['metric']} | {row['mean']:.4g} | {row['std']:.3g} | {row['n']} |")
+    ev = results["config"]["eval"]
+    margin = ev.get("fidelity_tie_margin", 0.0)
     lines += ["", "## Tuning grid (validation prompts, first seed)", "",
+              f"Eligible: fidelity win rate vs the base >= {ev['fidelity_threshold']}"
+              + (f" (scores within {margin:g} of the base's count as ties)" if margin else "")
+              + "; selected: the best preference win rate among the eligible (DESIGN 5b).", "",
               "| dataset | method | setting | fidelity win rate | preference win rate | eligible | selected |",
               "|---|---|---|---|---|---|---|"]
     for dataset, methods in results["selection"].items():

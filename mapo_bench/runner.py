@@ -331,7 +331,8 @@ def load_scores(folder: str | Path) -> Any:
     return pd.read_parquet(path)
 
 
-def win_rate_vs(scores_a: Any, scores_b: Any, metric: str, resamples: int, seed: int) -> dict[str, Any]:
+def win_rate_vs(scores_a: Any, scores_b: Any, metric: str, resamples: int, seed: int,
+                tie_margin: float = 0.0) -> dict[str, Any]:
     """Paired win rate of A over B on ``metric``: images paired by (prompt_id, seed), prompts as groups."""
     import numpy as np
 
@@ -343,7 +344,8 @@ def win_rate_vs(scores_a: Any, scores_b: Any, metric: str, resamples: int, seed:
     if joined.empty:
         raise MapoBenchError(f"no paired images for metric {metric!r}: were both models sampled on the same prompts and seeds?")
     groups = np.asarray(joined.index.get_level_values("prompt_id"))
-    return paired_win_rate(joined["a"].to_numpy(), joined["b"].to_numpy(), groups, resamples=resamples, seed=seed)
+    return paired_win_rate(joined["a"].to_numpy(), joined["b"].to_numpy(), groups, resamples=resamples, seed=seed,
+                           tie_margin=tie_margin)
 
 
 def select_settings(runner: Runner) -> dict[str, Any]:
@@ -359,9 +361,11 @@ def select_settings(runner: Runner) -> dict[str, Any]:
             for point, grid in enumerate(method_spec.grid_points()):
                 label = f"{d.name}/{method}/g{point}-s{spec.seeds[0]}"
                 scores = load_scores(runner.scores_dir(label, "validation"))
-                fidelity = win_rate_vs(scores, base, spec.eval.fidelity_metric, spec.eval.resamples, spec.eval.bootstrap_seed)
+                fidelity = win_rate_vs(scores, base, spec.eval.fidelity_metric, spec.eval.resamples,
+                                       spec.eval.bootstrap_seed, tie_margin=spec.eval.fidelity_tie_margin)
                 pref = win_rate_vs(scores, base, preference, spec.eval.resamples, spec.eval.bootstrap_seed)
                 rows.append({"point": point, "grid": grid, "fidelity_win_rate": fidelity["win_rate"],
+                             "fidelity_tie_margin": spec.eval.fidelity_tie_margin,
                              "preference_win_rate": pref["win_rate"], "preference_mean_gap": pref["mean_gap"],
                              "eligible": fidelity["win_rate"] >= spec.eval.fidelity_threshold})
             eligible = [r for r in rows if r["eligible"]]

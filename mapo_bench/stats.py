@@ -22,12 +22,17 @@ MULTIPLE_COMPARISONS_NOTE = "intervals and p-values are not adjusted for multipl
 PAIR_KEYS = ("prompt_id", "seed")
 
 
-def outcomes(a: np.ndarray, b: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """``(N,), (N,) -> (N,)``: 1 where A beats B, 0.5 on ties, 0 where B beats A."""
+def outcomes(a: np.ndarray, b: np.ndarray, higher_is_better: bool = True, tie_margin: float = 0.0) -> np.ndarray:
+    """``(N,), (N,) -> (N,)``: 1 where A beats B, 0.5 on ties, 0 where B beats A.
+
+    ``tie_margin`` (score units, default 0 = REFERENCE 5's exact ties): ``|a - b| <= tie_margin`` is a
+    tie, for scores whose small differences are noise (a classifier probability near 1).
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     better = a > b if higher_is_better else a < b
-    return np.where(a == b, 0.5, better.astype(np.float64))
+    tie = a == b if tie_margin <= 0 else np.abs(a - b) <= tie_margin
+    return np.where(tie, 0.5, better.astype(np.float64))
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -61,7 +66,7 @@ def bootstrap_win_rates(out: np.ndarray, groups: np.ndarray, resamples: int, see
 
 
 def paired_win_rate(a: Any, b: Any, groups: Any, resamples: int = 1000, seed: int = 0, ci: float = 0.95,
-                    higher_is_better: bool = True) -> dict[str, Any]:
+                    higher_is_better: bool = True, tie_margin: float = 0.0) -> dict[str, Any]:
     """Win rate of A over B on paired scores.
 
     ``a``, ``b``: ``(N,)`` scores of the same (prompt, seed) items; ``groups``: ``(N,)`` prompt ids (the
@@ -82,7 +87,7 @@ def paired_win_rate(a: Any, b: Any, groups: Any, resamples: int = 1000, seed: in
         raise MapoBenchError(f"paired_win_rate: ci must be in (0, 1), got {ci}")
     if resamples < 1:
         raise MapoBenchError(f"paired_win_rate: resamples must be >= 1, got {resamples}")
-    out = outcomes(a, b, higher_is_better)
+    out = outcomes(a, b, higher_is_better, tie_margin)
     wins = int((out == 1.0).sum())
     losses = int((out == 0.0).sum())
     rates = bootstrap_win_rates(out, groups, resamples, seed)
@@ -101,6 +106,7 @@ def paired_win_rate(a: Any, b: Any, groups: Any, resamples: int = 1000, seed: in
         "losses": losses,
         "n_prompts": int(len(np.unique(groups))),
         "ci": float(ci),
+        "tie_margin": float(tie_margin),
     }
 
 

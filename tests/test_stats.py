@@ -25,6 +25,17 @@ def test_outcomes_and_win_rate_with_ties():
     assert 0.0 <= res["ci_low"] <= res["win_rate"] <= res["ci_high"] <= 1.0
 
 
+def test_tie_margin_by_hand():
+    """a = [0.995, 0.90, 0.50, 0.70], b = [0.99, 0.95, 0.50, 0.60]. Exact ties only: 1, 0, 0.5, 1 -> 0.625.
+    Margin 0.01: |0.005| is a tie -> 0.5, 0, 0.5, 1 -> 0.5; wins 1, ties 2, losses 1."""
+    a, b = np.array([0.995, 0.90, 0.50, 0.70]), np.array([0.99, 0.95, 0.50, 0.60])
+    assert outcomes(a, b).tolist() == [1.0, 0.0, 0.5, 1.0]
+    assert outcomes(a, b, tie_margin=0.01).tolist() == [0.5, 0.0, 0.5, 1.0]
+    res = paired_win_rate(a, b, [0, 1, 2, 3], resamples=10, tie_margin=0.01)
+    assert res["win_rate"] == pytest.approx(0.5) and (res["wins"], res["ties"], res["losses"]) == (1, 2, 1)
+    assert res["tie_margin"] == 0.01
+
+
 def test_lower_is_better_flips_outcomes():
     """nsfw: a lower score wins. a = [0.1, 0.5], b = [0.2, 0.2] -> outcomes 1, 0 -> 0.5."""
     res = paired_win_rate([0.1, 0.5], [0.2, 0.2], [0, 1], resamples=10, higher_is_better=False)
