@@ -175,7 +175,9 @@ def test_waiving_the_gate_reuses_the_weights(tmp_path, monkeypatch):
     b = pretrain(waived)
     assert a != b and a.parent == b.parent == tmp_path / "cache" / "toy"
     manifest = json.loads((b / "manifest.json").read_text())
-    assert manifest["weights_from"] == str(a) and "base" in manifest["resumed_stages"]
+    donor = json.loads((a / "manifest.json").read_text())
+    assert manifest["weights_from"]["config_hash"] == donor["config_hash"] == a.name
+    assert manifest["weights_from"]["timings"] == donor["timings"] and "base" in manifest["resumed_stages"]
     assert check_gate(b)["status"] == "ungated"
     for name in ("unet/diffusion_pytorch_model.safetensors", "evaluators/classifier.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
