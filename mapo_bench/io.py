@@ -46,6 +46,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_png_atomic(path: str | Path, image: Any) -> Path:
+    """A PIL image as a PNG file (lossless: toy images keep their pixel cues), written atomically."""
+    import io as stdlib_io
+
+    buffer = stdlib_io.BytesIO()
+    image.save(buffer, format="PNG")
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -207,8 +207,6 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
 def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path, max_prompts: int = 8,
                 scale: int = 3) -> Path | None:
     """A PNG grid: rows = test prompts (sampling seed of the first image), columns = base then each method."""
-    import io
-
     import pandas as pd
     from PIL import Image
 
@@ -238,13 +236,11 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
         for j, tile in enumerate(tile_row):
             if tile is not None:
                 grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, i * h))
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    from mapo_bench.io import write_bytes_atomic
+    from mapo_bench.io import write_png_atomic
 
     legend = {"columns": [c for c, _ in columns], "rows": list(first["prompt"]), "sampling_seed": "first per prompt"}
     write_json_atomic(path.with_suffix(".json"), legend)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_png_atomic(path, grid)
 
 
 def write_report(run_dir: Path) -> Path:

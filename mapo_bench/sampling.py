@@ -33,6 +33,7 @@ from mapo_bench.io import (
     read_json,
     write_bytes_atomic,
     write_json_atomic,
+    write_png_atomic,
 )
 from mapo_bench.threads import on_cpu
 
@@ -127,12 +128,6 @@ def load_lora(backend: Any, folder: Path) -> None:
     loader(str(folder))
 
 
-def png_bytes(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _complete(out: Path, items: list[tuple[int, str, int]]) -> bool:
     return all((out / image_file(pid, seed)).is_file() for pid, _, seed in items)
 
@@ -189,7 +184,7 @@ def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out:
             if len(images) != len(batch):
                 raise MapoBenchError(f"backend {backend.name} returned {len(images)} images for {len(batch)} prompts")
             for (pid, _, seed), image in zip(batch, images, strict=True):
-                write_bytes_atomic(out / image_file(pid, seed), png_bytes(image))
+                write_png_atomic(out / image_file(pid, seed), image)
             progress.advance(task, len(batch))
 
 

@@ -252,14 +252,9 @@ def sample_grid(pipe: Any, path: Path, sampler: Any, scale: int = 2) -> Path:
         draw.text((2, r * cell + cell // 2 - 6), label, fill="black")
         for j, img in enumerate(images):
             grid.paste(img.resize((32 * scale, 32 * scale), Image.NEAREST), (label_w + j * cell, r * cell))
-    import io
+    from mapo_bench.io import write_png_atomic
 
-    from mapo_bench.io import write_bytes_atomic
-
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return write_png_atomic(path, grid)
 
 
 def trained_candidates(out: Path) -> list[Path]:
