@@ -406,6 +406,12 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted; outputs written so far are complete and the stage resumes on the next run",
-                   err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C inside a command into a silent exit 130
+        if exc.code == 130:
+            typer.echo(INTERRUPTED, err=True)
+        raise
+
+
+INTERRUPTED = "interrupted; outputs written so far are complete and the stage resumes on the next run"

@@ -177,3 +177,19 @@ def test_cli_build_dataset_flags_reach_the_config(tmp_path, tiny_sd15):
     assert len(frame) == 4
     prompts_used = set(frame["prompt_0"]) | set(frame["prompt_1"])
     assert "Pixel art style image. a red apple" in prompts_used and "a red apple" in prompts_used
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    """typer turns Ctrl-C inside a command into a silent exit 130; main() names what is safe and how to
+    go on (the same for a KeyboardInterrupt outside a command)."""
+    from mapo_bench import cli
+
+    for raised in (SystemExit(130), KeyboardInterrupt()):
+        def interrupted(raised=raised):
+            raise raised
+
+        monkeypatch.setattr(cli, "app", interrupted)
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code == 130
+        assert "interrupted; outputs written so far are complete" in capsys.readouterr().err
