@@ -430,12 +430,12 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
             from mapo_bench.io import write_json_atomic
 
             write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
-        return _run_phases(runner, workers, emit_commands, job, pipeline_path)
+        return _run_phases(runner, jobs, workers, emit_commands, job, pipeline_path)
 
 
-def _run_phases(runner: Runner, workers: int, emit_commands: bool, job: str | None,
+def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bool, job: str | None,
                 pipeline_path: Path | None) -> Path | None:
-    jobs = runner.phase1()
+    """Phase 1 (``jobs``), selection, phase 2, report; or, for --job / --emit-commands, the current phase."""
     if job is not None or emit_commands:
         if all(runner.is_done(j) for j in jobs):
             jobs = runner.phase2(_select(runner))
