@@ -248,6 +248,25 @@ def test_two_process_cpu_run_trains(tmp_path, tiny_sd15, pairs):
     assert log[0]["samples_per_s"] > 0 and (out / "unet").is_dir()
 
 
+@pytest.mark.slow
+def test_two_processes_share_the_bad_row_scan(tmp_path, tiny_sd15):
+    """skip_bad_rows under torchrun: each process decodes every other row (rank 1 gets rows 1, 3, 5, so
+    it alone finds the bad row 3) and all processes skip the union: rank 0's manifest counts it."""
+    import json
+
+    bad = write_pairs(tmp_path / "bad", n=6, bad={3: "jpg_0"})
+    env = {**os.environ, "MAPO_BENCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mapo_bench", "train",
+           "--method", "sft", "--backend", "sd15", "--model", str(tiny_sd15), "--dataset", str(bad),
+           "--out", str(out), "max_steps=1", "batch_size=2", "data.resolution=32", "data.skip_bad_rows=true",
+           "log.progress=false", f"cache.dir={tmp_path / 'cache'}"]
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["processes"] == 2 and counts["bad_rows_skipped"] == 1 and counts["pairs"] == 5
+
+
 def _tiny_toy(tmp_path: Path) -> Path:
     try:
         from mapo_bench.backends.toy import ToyBackend  # noqa: F401

@@ -132,7 +132,16 @@ class Trainer:
 
         cfg, acc = self.cfg, self.accelerator
         self.source = open_pairs(cfg.dataset, cfg.data.split)
-        bad = find_bad_rows(self.source, progress=self._show_progress()) if cfg.data.skip_bad_rows else {}
+        bad: dict[int, str] = {}
+        if cfg.data.skip_bad_rows:  # each process decodes every world-th row; all get the union
+            mine = find_bad_rows(self.source, rows=list(range(acc.process_index, len(self.source), acc.num_processes)),
+                                 progress=self._show_progress())
+            if acc.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                bad = {row: why for part in gather_object([mine]) for row, why in part.items()}
+            else:
+                bad = mine
         self.selection = select_pairs(self.source, cfg.data.tie_policy, cfg.data.label_noise, cfg.data.max_samples,
                                       cfg.seed, bad)
         if len(self.selection) < cfg.batch_size * self.world:
