@@ -92,6 +92,8 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(ProcessGroup(rank, world), *args)
+        # Leave together: a rank that tears down gloo while rank 0 is still writing can abort (SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
