@@ -396,6 +396,9 @@ def cache_clear(
     typer.echo(f"deleted {target}")
 
 
+INTERRUPTED = "interrupted; outputs written so far are complete and the stage resumes on the next run"
+
+
 def main() -> None:
     """Console entry point: one line and a non-zero exit code for user errors, no stack trace."""
     from mapo_bench.errors import MapoBenchError
@@ -413,5 +416,3 @@ def main() -> None:
             typer.echo(INTERRUPTED, err=True)
         raise
 
-
-INTERRUPTED = "interrupted; outputs written so far are complete and the stage resumes on the next run"

@@ -430,11 +430,10 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
             from mapo_bench.io import write_json_atomic
 
             write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
-        return _run_phases(runner, jobs, workers, emit_commands, job, pipeline_path)
+        return _run_phases(runner, jobs, workers, emit_commands, job)
 
 
-def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bool, job: str | None,
-                pipeline_path: Path | None) -> Path | None:
+def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bool, job: str | None) -> Path | None:
     """Phase 1 (``jobs``), selection, phase 2, report; or, for --job / --emit-commands, the current phase."""
     if job is not None or emit_commands:
         if all(runner.is_done(j) for j in jobs):
@@ -442,7 +441,7 @@ def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bo
         if job is not None:
             run_single_job(runner, jobs, job)
         else:
-            print_commands(runner, jobs, pipeline_path)
+            print_commands(runner, jobs)
         return None
     runner.execute(jobs, workers)
     runner.execute(runner.phase2(_select(runner)), workers)
@@ -463,12 +462,7 @@ def _select(runner: Runner) -> dict[str, Any]:
     return selection
 
 
-def job_command(runner: Runner, job_id: str) -> str:
-    pipeline = runner.pipeline_path or runner.spec.name
-    return f"mapo-bench run {pipeline} --out {runner.run_dir} --job {job_id}"
-
-
-def print_commands(runner: Runner, jobs: list[Job], pipeline_path: Path | None) -> None:
+def print_commands(runner: Runner, jobs: list[Job]) -> None:
     """Every unfinished job of the current phase as a standalone command, in dependency order.
 
     ``mapo-bench run P --job ID`` runs one stage and records it as finished, so a later ``mapo-bench run P``
@@ -479,11 +473,11 @@ def print_commands(runner: Runner, jobs: list[Job], pipeline_path: Path | None) 
     todo = [j for j in jobs if not runner.is_done(j)]
     phase = "selected settings (phase 2)" if any(j.meta.get("split") == "test" for j in jobs) else "grid (phase 1)"
     print(f"# {len(todo)} unfinished jobs of the {phase}, in dependency order")
+    run = f"mapo-bench run {runner.pipeline_path or runner.spec.name} --out {runner.run_dir}"
     for j in todo:
         runner.write_config(j)
-        print(job_command(runner, j.id))
-    print(f"# when they have finished: mapo-bench run {pipeline_path or runner.spec.name} --out {runner.run_dir} "
-          "--emit-commands (next phase) or without it (finish and report)")
+        print(f"{run} --job {j.id}")
+    print(f"# when they have finished: {run} --emit-commands (next phase) or without it (finish and report)")
 
 
 def run_single_job(runner: Runner, jobs: list[Job], job_id: str) -> None:

@@ -143,7 +143,7 @@ def test_two_processes_match_one(tmp_path):
     assert a.keys() == b.keys()
     moved = torch.cat([(a[k] - initial[k]).flatten() for k in a]).norm()
     apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
-    assert moved > 0 and apart < 5e-2 * moved  # measured 5.6e-3; unaveraged ranks differ by O(1)
+    assert moved > 0 and apart < 5e-2 * moved  # measured 5.6e-3 (summation order, amplified by Adam); 9x room
     # same process count -> the same bytes
     again = pretrain(tiny_config(tmp_path / "again", enforce=False, reason="t").model_copy(update={"processes": 2}))
     for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",

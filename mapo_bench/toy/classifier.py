@@ -138,7 +138,7 @@ def train_classifier(cfg: Any, seed: int, progress: Any = None, group: Any = Non
     whole batch, computes its slice and averages gradients, so every rank ends with the same weights.
     """
     from mapo_bench.toy.parallel import ProcessGroup
-    from mapo_bench.toy.render import render_array, stack_labels
+    from mapo_bench.toy.render import render_many, stack_labels
 
     group = group or ProcessGroup()
     mine = group.local(cfg.batch_size)
@@ -146,7 +146,7 @@ def train_classifier(cfg: Any, seed: int, progress: Any = None, group: Any = Non
     rng = np.random.default_rng(seed + 1)
     captions = classifier_captions(cfg.pool_size, rng)
     seeds = rng.integers(0, 2**31 - 1, size=len(captions)).tolist()
-    images = np.stack(group.shared_map(lambda item: render_array(*item), list(zip(captions, seeds, strict=True))))
+    images = render_many(captions, seeds, group.shared_map)
     labels = stack_labels(captions)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     targets = {k: torch.from_numpy(v) for k, v in labels.items()}

@@ -65,7 +65,6 @@ class ProcessGroup:
         dist.all_gather_object(out, obj)
         return out
 
-
     def shared_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """``[fn(x) for x in items]``, each rank computing every ``world``-th item (same result, same order)."""
         mine = [fn(x) for x in items[self.rank :: self.world]]

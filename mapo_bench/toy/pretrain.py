@@ -145,7 +145,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
         unet_forward,
     )
     from mapo_bench.toy.parallel import ProcessGroup
-    from mapo_bench.toy.render import render_array
+    from mapo_bench.toy.render import render_many
 
     group = group or ProcessGroup()
     mine = group.local(cfg.batch_size)
@@ -162,8 +162,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     rng = np.random.default_rng(cfg.seed)
     texts, scenes = pretraining_captions(cfg, rng)
     seeds = rng.integers(0, 2**31 - 1, size=len(texts)).tolist()
-    images = torch.from_numpy(np.stack(group.shared_map(lambda item: render_array(*item),
-                                                        list(zip(scenes, seeds, strict=True)))))
+    images = torch.from_numpy(render_many(scenes, seeds, group.shared_map))
     images = images.permute(0, 3, 1, 2).contiguous()  # uint8 (N, 3, 32, 32)
     ids = pipe.tokenizer(texts)
     empty = pipe.tokenizer([""])[0]
@@ -266,9 +265,10 @@ def trained_candidates(out: Path) -> list[Path]:
     return [f for f in found if (f / "manifest.json").is_file() and (f / "toy_pipeline.json").is_file()]
 
 
-def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path | None:
+def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict[str, Any] | None:
     """Copy the weights of a finished base with the same training hash into ``work`` (only the gate is
-    then re-measured); returns that base's folder, or None when there is none."""
+    then re-measured). Returns where they came from (the donor's folder, config hash, training hash and
+    the timings of the run that trained them: this run's own timings cover only the gate), or None."""
     import json
 
     from mapo_bench.toy.config import toy_training_hash
@@ -278,7 +278,8 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path
     wanted = toy_training_hash(cfg)
     for folder in trained_candidates(out):
         try:
-            other = ToyPretrainConfig.model_validate(json.loads((folder / "manifest.json").read_text())["config"])
+            manifest = json.loads((folder / "manifest.json").read_text())
+            other = ToyPretrainConfig.model_validate(manifest["config"])
         except (ValueError, KeyError, OSError):
             continue
         if toy_training_hash(other) != wanted:
@@ -288,24 +289,10 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> Path
             src = folder / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / "base" / name)
         shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
-        return folder
+        return {"folder": str(folder), "config_hash": manifest.get("config_hash"), "training_hash": wanted,
+                "timings": manifest.get("timings"), "created": manifest.get("created"),
+                "code_version": manifest.get("code_version")}
     return None
-
-
-def _donor_record(donor: Path | None) -> dict[str, Any] | None:
-    """Where reused weights came from: the donor's config hash, gate-free training hash and the timings
-    of the run that trained them (this manifest's own timings then cover only the re-measured gate)."""
-    if donor is None:
-        return None
-    import json
-
-    from mapo_bench.toy.config import toy_training_hash
-
-    manifest = json.loads((donor / "manifest.json").read_text())
-    config = ToyPretrainConfig.model_validate(manifest["config"])
-    return {"config_hash": manifest.get("config_hash"), "training_hash": toy_training_hash(config),
-            "timings": manifest.get("timings"), "created": manifest.get("created"),
-            "code_version": manifest.get("code_version")}
 
 
 def pretrain(cfg: ToyPretrainConfig) -> Path:
@@ -400,6 +387,6 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
         manifest = make_manifest(cfg, digest, counts={"steps": cfg.steps, "pool_size": cfg.data.pool_size},
                                  timings=timings, kind="toy-base", code_version=code_version(), threads=threads,
                                  processes=group.world, gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
-                                 weights_from=_donor_record(donor))
+                                 weights_from=donor)
         write_json_atomic(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -220,7 +221,14 @@ def stack_labels(captions: list[str]) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(lab[k]) for lab in labels]) for k in labels[0]}
 
 
+def render_many(captions: list[str] | list[ToyCaption], seeds: list[int], mapper: Any = None) -> np.ndarray:
+    """Images ``(N, 32, 32, 3)`` uint8 of :func:`render_array`; ``mapper(fn, items) -> list`` spreads the
+    work (``ProcessGroup.shared_map`` in pretraining), default: here, in order."""
+    items = list(zip(captions, seeds, strict=True))
+    mapper = mapper or (lambda fn, xs: [fn(x) for x in xs])
+    return np.stack(mapper(lambda item: render_array(*item), items))
+
+
 def render_batch(captions: list[str], seeds: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Images ``(N, 32, 32, 3)`` uint8 and stacked labels of :func:`caption_labels`."""
-    images = np.stack([render_array(c, s) for c, s in zip(captions, seeds, strict=True)])
-    return images, stack_labels(captions)
+    return render_many(captions, seeds), stack_labels(captions)
