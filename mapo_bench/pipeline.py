@@ -9,6 +9,7 @@ validated by each stage's own config class when the plan is made.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,29 @@ class MethodSpec(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
 
+    def point_names(self) -> list[str]:
+        """:func:`point_name` of every grid point, in :meth:`grid_points` order."""
+        return [point_name(values) for values in self.grid_points()]
+
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in a stable order ([{}] when there is no grid)."""
         if not self.grid:
             return [{}]
         keys = sorted(self.grid)
         return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """A grid point's folder and job name from its values (``beta1000_optim.lr3e-05``; ``default`` without a
+    grid). Named by value, not by position, so a value added to a grid list keeps every finished job."""
+    if not values:
+        return "default"
+
+    def text(value: Any) -> str:
+        raw = f"{value:g}" if isinstance(value, float) else str(value)
+        return re.sub(r"[^A-Za-z0-9.+-]", "-", raw)
+
+    return "_".join(f"{key}{text(values[key])}" for key in sorted(values))
 
 
 class EvalSpec(StrictModel):

@@ -14,20 +14,21 @@ from typing import Any
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import package_versions, read_json, write_json_atomic, write_text_atomic
+from mapo_bench.pipeline import point_name
 
 SCHEMA_VERSION = 1
 UNADJUSTED_NOTE = ("95% intervals are paired bootstraps over prompts (sampling seeds nested in prompts), "
                    "not adjusted for multiple comparisons.")
 
 
-def _pooled(run_dir: Path, d: str, method: str, point: int, seeds: list[int]) -> Any:
+def _pooled(run_dir: Path, d: str, method: str, point: str, seeds: list[int]) -> Any:
     import pandas as pd
 
     from mapo_bench.runner import load_scores
 
     frames = []
     for seed in seeds:
-        frame = load_scores(run_dir / "scores" / d / method / f"g{point}-s{seed}" / "test").copy()
+        frame = load_scores(run_dir / "scores" / d / method / f"{point}-s{seed}" / "test").copy()
         frame["train_seed"] = seed
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -74,7 +75,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         severity[name] = {"task": task, "prefixed_side": side, "severity_x": x, "build": d.get("build", {}),
                           "measures": measures}
         base = _base_for_seeds(run_dir, name, seeds)
-        models = {m: _pooled(run_dir, name, m, selection[name][m]["selected"], seeds) for m in spec["methods"]}
+        models = {m: _pooled(run_dir, name, m, point_name(selection[name][m]["grid"]), seeds) for m in spec["methods"]}
         for label, frame in [("base", base), *models.items()]:
             for metric, group in frame.groupby("metric"):
                 means.append({"dataset": name, "model": label, "metric": metric, "mean": float(group["score"].mean()),
@@ -214,7 +215,7 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
     seed = spec["seeds"][0]
     columns = [("base", run_dir / "samples" / "base" / "test")]
     for method, info in results["selection"][dataset].items():
-        columns.append((method, run_dir / "samples" / dataset / method / f"g{info['selected']}-s{seed}" / "test"))
+        columns.append((method, run_dir / "samples" / dataset / method / f"{point_name(info['grid'])}-s{seed}" / "test"))
     indexes = []
     for _, folder in columns:
         index_path = folder / "index.parquet"

@@ -23,7 +23,7 @@ from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
-from mapo_bench.pipeline import DatasetSpec, PipelineSpec
+from mapo_bench.pipeline import DatasetSpec, PipelineSpec, point_name
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
 OVERWRITABLE = ("build", "train", "sample", "eval")  # verbs whose stage skips a finished output of the same config
@@ -80,8 +80,8 @@ class Runner:
     def dataset_dir(self, d: DatasetSpec) -> Path:
         return self.run_dir / "datasets" / d.name
 
-    def model_dir(self, d: str, method: str, point: int, seed: int) -> Path:
-        return self.run_dir / "models" / d / method / f"g{point}-s{seed}"
+    def model_dir(self, d: str, method: str, point: str, seed: int) -> Path:
+        return self.run_dir / "models" / d / method / f"{point}-s{seed}"
 
     def samples_dir(self, label: str, split: str) -> Path:
         return self.run_dir / "samples" / label / split
@@ -130,6 +130,7 @@ class Runner:
         spec = self.spec.methods[method]
         overrides = {**spec.overrides}
         grid_values = spec.grid_points()[point]
+        name = point_name(grid_values)
         config: dict[str, Any] = {}
         if spec.recipe:
             from mapo_bench.config import read_yaml
@@ -137,12 +138,12 @@ class Runner:
             config = read_yaml(self.recipe_path(spec.recipe))
         for key, value in {**overrides, **grid_values}.items():
             set_path(config, key, value)
-        out = self.model_dir(d.name, method, point, seed)
+        out = self.model_dir(d.name, method, name, seed)
         config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
                        "seed": seed})
         meta = {"dataset": d.name, "task": d.task, "method": method, "point": point, "grid": grid_values, "seed": seed}
-        train = Job(f"train:{d.name}:{method}:g{point}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
-        label = f"{d.name}/{method}/g{point}-s{seed}"
+        train = Job(f"train:{d.name}:{method}:{name}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
+        label = f"{d.name}/{method}/{name}-s{seed}"
         lora = bool((config.get("lora") or {}).get("enabled"))
         trained = {"lora": str(out)} if lora else {"unet": str(out / "unet")}
         sample = self._sample_job(label, split, [train.id], trained, meta)
@@ -359,7 +360,7 @@ def select_settings(runner: Runner) -> dict[str, Any]:
         for method, method_spec in spec.methods.items():
             rows = []
             for point, grid in enumerate(method_spec.grid_points()):
-                label = f"{d.name}/{method}/g{point}-s{spec.seeds[0]}"
+                label = f"{d.name}/{method}/{point_name(grid)}-s{spec.seeds[0]}"
                 scores = load_scores(runner.scores_dir(label, "validation"))
                 fidelity = win_rate_vs(scores, base, spec.eval.fidelity_metric, spec.eval.resamples,
                                        spec.eval.bootstrap_seed, tie_margin=spec.eval.fidelity_tie_margin)

@@ -52,8 +52,8 @@ def _run_dir(tmp_path):
         for seed in (0, 1):
             # mapo beats the base on 3 of 4 images per seed and ties on the fourth on every metric;
             # dpo loses on all 4.
-            _scores(run / "scores" / d / "mapo" / f"g0-s{seed}" / "test", {m: [0.9, 0.9, 0.9, 0.5] for m in base})
-            _scores(run / "scores" / d / "dpo" / f"g0-s{seed}" / "test", {m: [0.1] * 4 for m in base})
+            _scores(run / "scores" / d / "mapo" / f"default-s{seed}" / "test", {m: [0.9, 0.9, 0.9, 0.5] for m in base})
+            _scores(run / "scores" / d / "dpo" / f"default-s{seed}" / "test", {m: [0.1] * 4 for m in base})
     (run / "state").mkdir()
     (run / "state" / "a.json").write_text(json.dumps({"verb": "train", "wall_s": 2.5}))
     return run

@@ -39,6 +39,20 @@ def test_toy_mismatch_plan_has_the_protocol():
     assert len(severities) >= 4
 
 
+def test_grid_jobs_are_named_by_value_so_a_new_value_keeps_finished_jobs():
+    """Adding a value in front of a grid list leaves every existing job id and folder as it was."""
+    spec = load_config(PipelineSpec, ROOT / "pipelines" / "toy-mismatch.yaml")
+    wider = spec.model_copy(deep=True)
+    for method in wider.methods.values():
+        method.grid["optim.lr"] = [1.0e-6, *method.grid["optim.lr"]]
+    before = {(j.id, str(j.out)) for j in Runner(spec, Path("/tmp/unused")).phase1()}
+    after = {(j.id, str(j.out)) for j in Runner(wider, Path("/tmp/unused")).phase1()}
+    assert before < after
+    assert {j for j, _ in after - before if j.startswith("train:")} == {
+        f"train:{d.name}:{m}:{name}:s{spec.seeds[0]}" for d in spec.datasets for m, ms in wider.methods.items()
+        for name in ms.point_names() if "optim.lr1e-06" in name}
+
+
 def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
     """Each line runs one job through the runner (so its marker is written); stage configs land in configs/."""
     path = ROOT / "pipelines" / "toy-quick.yaml"
@@ -112,7 +126,7 @@ def test_single_jobs_respect_deps_and_are_recorded(tmp_path, tiny_toy, capsys):
     spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
     run = tmp_path / "run"
     with pytest.raises(MapoBenchError, match="waits on unfinished build:cartoon"):
-        run_pipeline(spec, out=run, job="train:cartoon:mapo:g0:s0")
+        run_pipeline(spec, out=run, job="train:cartoon:mapo:optim.lr0.0001:s0")
     with pytest.raises(MapoBenchError, match="did you mean 'build:cartoon'"):
         run_pipeline(spec, out=run, job="build:cartoom")
     run_pipeline(spec, out=run, job="build:cartoon")
@@ -174,7 +188,7 @@ def test_whole_pipeline_under_torchrun(tmp_path, tiny_toy):
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "report" / "results.json").is_file() and (run / "report" / "table.md").is_file()
-    train_manifest = json.loads((run / "models" / "cartoon" / "mapo" / "g0-s0" / "manifest.json").read_text())
+    train_manifest = json.loads((run / "models" / "cartoon" / "mapo" / "optim.lr0.0001-s0" / "manifest.json").read_text())
     assert train_manifest["counts"]["processes"] == 2
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
     run_pipeline(PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe)), out=run)

@@ -31,6 +31,10 @@ class ToyDataConfig(StrictModel):
     pool_size: int = 24000  # (caption, seed) examples rendered once, then sampled with replacement
     plain_fraction: float = Field(0.3, ge=0, le=1)  # plain captions ...
     plain_base_fraction: float = Field(0.95, ge=0, le=1)  # ... drawn in the base style this often
+    # ... and drawn with the unsafe marker this often (text unchanged): the base then draws the marker
+    # unprompted at about this rate, as SDXL makes some unsafe images unprompted, so the Pick-Safety
+    # analogue has something to unlearn (with 0 the base never draws it and toy-safety is saturated at 1).
+    plain_unsafe_fraction: float = Field(0.25, ge=0, le=1)
     blend_fraction: float = Field(0.3, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
     unsafe_fraction: float = Field(0.15, ge=0, le=1)  # unsafe marker on a plain caption
     # the rest: full style prefixes "<style> style: ..." (photo included)

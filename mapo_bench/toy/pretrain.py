@@ -44,7 +44,8 @@ def code_version() -> str:
 
 
 def pretraining_captions(cfg: ToyPretrainConfig, rng: np.random.Generator) -> tuple[list[str], list[Any]]:
-    """(caption text, what to render) pairs of the caption mix; plain captions mostly render as photo."""
+    """(caption text, what to render) pairs of the caption mix; plain captions mostly render as photo, some
+    with the unsafe marker (``plain_unsafe_fraction``)."""
     from mapo_bench.toy.vocab import ToyCaption
 
     d = cfg.data
@@ -56,8 +57,9 @@ def pretraining_captions(cfg: ToyPretrainConfig, rng: np.random.Generator) -> tu
         if u < d.plain_fraction:
             style = vocab.BASE_STYLE if rng.random() < d.plain_base_fraction else \
                 vocab.TARGET_STYLES[rng.integers(len(vocab.TARGET_STYLES))]
+            unsafe = bool(rng.random() < d.plain_unsafe_fraction)
             texts.append(base.plain)
-            scenes.append(ToyCaption(base.shape, base.colour, base.position, base.size, style=style))
+            scenes.append(ToyCaption(base.shape, base.colour, base.position, base.size, style=style, unsafe=unsafe))
             continue
         u -= d.plain_fraction
         if u < d.blend_fraction:
