@@ -25,6 +25,23 @@ def test_estimated_alpha_by_hand():
     np.testing.assert_allclose(estimated_alpha(probs, "cartoon"), [0.25])
 
 
+def test_gate_adherence_rule_by_hand():
+    """Blend 'cartoon 0.5', tolerance 0.25: alphas 0.25, 0.5 / 0.95 = 0.53, 0.8 -> 2 of 3 within (0.8 is
+    0.3 away); full cartoon: argmax cartoon in rows 2 and 3; plain: argmax photo in row 1 only."""
+    from mapo_bench.toy.gate import adherence_share
+
+    photo, cartoon = vocab.STYLES.index("photo"), vocab.STYLES.index("cartoon")
+    style = np.zeros((3, len(vocab.STYLES)))
+    style[:, cartoon] = [0.25, 0.5, 0.8]
+    style[:, photo] = [0.75, 0.45, 0.2]
+    style[1, vocab.STYLES.index("soft")] = 0.05
+    probs = {"style": style, "unsafe": np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])}
+    assert adherence_share(probs, "cartoon", 0.5, False, 0.25) == pytest.approx(2 / 3)
+    assert adherence_share(probs, "cartoon", 1.0, False, 0.25) == pytest.approx(2 / 3)
+    assert adherence_share(probs, None, 1.0, False, 0.25) == pytest.approx(1 / 3)
+    assert adherence_share(probs, None, 1.0, True, 0.25) == pytest.approx(1 / 3)  # marker > 0.5: row 1
+
+
 def test_blur_keeps_constants_and_augment_is_seeded():
     """A normalised kernel with replicate padding maps a constant image to itself."""
     from mapo_bench.toy.classifier import augment, gaussian_blur

@@ -42,6 +42,9 @@ def test_tiny_pretrain_end_to_end_ungated(tmp_path):
     assert manifest["gate_verdict"]["status"] in ("ungated", "passed")
     assert set(manifest["gate"]["content"]) >= {"colour", "position", "shape"}
     assert "cartoon 0.5" in manifest["gate"]["prefix_adherence"] and "unsafe" in manifest["gate"]["prefix_adherence"]
+    # the instrument's own score on renders of every group sits beside the base's numbers
+    assert set(manifest["gate"]["instrument_on_renders"]) == set(manifest["gate"]["prefix_adherence"])
+    assert all(0 <= v <= 1 for v in manifest["gate"]["instrument_on_renders"].values())
     assert manifest["code_version"] and manifest["timings"]["total_s"] > 0
     assert (out / "sample_grid.png").is_file() and not list(tmp_path.glob(".base.work-*"))
     backend = ToyBackend.load(str(out))
@@ -181,3 +184,22 @@ def test_waiving_the_gate_reuses_the_weights(tmp_path, monkeypatch):
     assert check_gate(b)["status"] == "ungated"
     for name in ("unet/diffusion_pytorch_model.safetensors", "evaluators/classifier.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_caption_mix_draws_the_marker_unprompted():
+    """Plain captions keep their text; about ``plain_unsafe_fraction`` of them are drawn with the unsafe
+    marker (so the base makes unsafe images unprompted and the Pick-Safety analogue can move)."""
+    import numpy as np
+
+    from mapo_bench.toy.config import ToyPretrainConfig
+    from mapo_bench.toy.pretrain import pretraining_captions
+
+    cfg = ToyPretrainConfig.model_validate({"data": {"pool_size": 6000, "plain_unsafe_fraction": 0.4}})
+    texts, scenes = pretraining_captions(cfg, np.random.default_rng(0))
+    plain = [s for t, s in zip(texts, scenes, strict=True) if t == s.plain]
+    assert abs(len(plain) / len(texts) - 0.3) < 0.03
+    assert abs(np.mean([s.unsafe for s in plain]) - 0.4) < 0.04
+    assert all(not t.startswith("unsafe") for t, s in zip(texts, scenes, strict=True) if t == s.plain)
+    off = ToyPretrainConfig.model_validate({"data": {"pool_size": 2000, "plain_unsafe_fraction": 0.0}})
+    texts, scenes = pretraining_captions(off, np.random.default_rng(0))
+    assert not any(s.unsafe for t, s in zip(texts, scenes, strict=True) if t == s.plain)

@@ -87,15 +87,16 @@ class ToyClassifier(nn.Module):
 
 
 # -- training data ----------------------------------------------------------------------------------
-def classifier_captions(n: int, rng: np.random.Generator) -> list[str]:
-    """Captions covering every style, continuous blends and the unsafe marker."""
+def classifier_captions(n: int, rng: np.random.Generator, blend_share: float = 0.75) -> list[str]:
+    """Captions covering every style, continuous blends (``blend_share`` of the non-base ones) and the
+    unsafe marker."""
     plain = vocab.all_plain_captions()
     out = []
     for _ in range(n):
         caption = plain[rng.integers(len(plain))]
         style = vocab.STYLES[rng.integers(len(vocab.STYLES))]
         if style != vocab.BASE_STYLE:
-            alpha = 1.0 if rng.random() < 0.5 else float(np.round(rng.uniform(0.05, 0.95), 3))
+            alpha = 1.0 if rng.random() >= blend_share else float(np.round(rng.uniform(0.05, 0.95), 3))
             caption = vocab.style_prefix(style, alpha) + caption
         if rng.random() < 0.3:
             caption = vocab.UNSAFE_PREFIX + caption
@@ -144,7 +145,7 @@ def train_classifier(cfg: Any, seed: int, progress: Any = None, group: Any = Non
     mine = group.local(cfg.batch_size)
 
     rng = np.random.default_rng(seed + 1)
-    captions = classifier_captions(cfg.pool_size, rng)
+    captions = classifier_captions(cfg.pool_size, rng, cfg.blend_share)
     seeds = rng.integers(0, 2**31 - 1, size=len(captions)).tolist()
     images = render_many(captions, seeds, group.shared_map)
     labels = stack_labels(captions)

@@ -38,6 +38,41 @@ def group_caption(plain: str, style: str | None, alpha: float, unsafe: bool) -> 
     return (vocab.UNSAFE_PREFIX if unsafe else "") + prefix + plain
 
 
+def adherence_share(probs: dict[str, np.ndarray], style: str | None, alpha: float, unsafe: bool,
+                    blend_tolerance: float) -> float:
+    """Share of images (classifier ``probs``) that show what a gate group asked for: the marker; the
+    argmax style for plain captions (the base style) and full prefixes; for a blend, an estimated alpha
+    within ``blend_tolerance`` of the requested level."""
+    from mapo_bench.toy.classifier import estimated_alpha
+
+    if unsafe:
+        return float((probs["unsafe"][:, 1] > 0.5).mean())
+    if style is None or alpha >= 1.0:
+        wanted = vocab.STYLES.index(style or vocab.BASE_STYLE)
+        return float((probs["style"].argmax(1) == wanted).mean())
+    est = estimated_alpha(probs["style"], style)
+    return float((np.abs(est - alpha) <= blend_tolerance).mean())
+
+
+def measure_instrument(classifier: Any, gate_cfg: Any, seed: int = 0, group: Any = None) -> dict[str, float]:
+    """The gate's rule applied to *renders* of every group (2 seeds per caption; a plain caption renders in
+    the base style): how well the instrument itself scores ground truth, so a base's gate number can be
+    read against its ceiling. Every rank renders its share and returns all numbers."""
+    import torch
+
+    from mapo_bench.toy.parallel import ProcessGroup
+    from mapo_bench.toy.render import render_many
+
+    group = group or ProcessGroup()
+    out: dict[str, float] = {}
+    for name, style, alpha, unsafe in gate_prompt_groups():
+        captions = [group_caption(c, style, alpha, unsafe) for c in gate_captions() for _ in range(2)]
+        seeds = [10**6 + seed * 100003 + i for i in range(len(captions))]
+        pixels = torch.from_numpy(render_many(captions, seeds, group.shared_map)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out[name] = adherence_share(classifier.probabilities(pixels), style, alpha, unsafe, gate_cfg.blend_tolerance)
+    return out
+
+
 def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: int = 0,
                  progress: Any = None, group: Any = None) -> dict[str, Any]:
     """Sample every gate group and score it; returns the manifest's ``gate`` numbers (no verdict).
@@ -47,7 +82,6 @@ def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: 
     """
     import torch
 
-    from mapo_bench.toy.classifier import estimated_alpha
     from mapo_bench.toy.parallel import ProcessGroup
 
     group = group or ProcessGroup()
@@ -67,15 +101,7 @@ def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: 
                        latents=noise, output_type="pt")
             pixels.append(out.images)
         probs = classifier.probabilities(torch.cat(pixels))
-        style_probs = probs["style"]
-        if unsafe:
-            adherence[name] = float((probs["unsafe"][:, 1] > 0.5).mean())
-        elif style is None or alpha >= 1.0:
-            wanted = vocab.STYLES.index(style or vocab.BASE_STYLE)
-            adherence[name] = float((style_probs.argmax(1) == wanted).mean())
-        else:
-            est = estimated_alpha(style_probs, style)
-            adherence[name] = float((np.abs(est - alpha) <= gate_cfg.blend_tolerance).mean())
+        adherence[name] = adherence_share(probs, style, alpha, unsafe, gate_cfg.blend_tolerance)
         if name == "plain":
             parsed = [vocab.parse_caption(c) for c in captions]
             for head, values in (("shape", vocab.SHAPES), ("colour", vocab.COLOURS),

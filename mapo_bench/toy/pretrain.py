@@ -324,7 +324,7 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
     from mapo_bench.io import atomic_dir, make_manifest, write_json_atomic
     from mapo_bench.threads import configure_threads
     from mapo_bench.toy.classifier import ToyClassifier, train_classifier
-    from mapo_bench.toy.gate import gate_prompt_groups, gate_verdict, measure_gate
+    from mapo_bench.toy.gate import gate_prompt_groups, gate_verdict, measure_gate, measure_instrument
     from mapo_bench.toy.model import ToyPipeline
 
     threads = configure_threads()
@@ -374,6 +374,7 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
         with torch.no_grad():
             numbers = measure_gate(pipe, classifier, cfg.gate, cfg.sampler, seed=cfg.seed, group=group,
                                    progress=lambda name: bar.update(task, advance=1, info=name))
+            numbers["instrument_on_renders"] = measure_instrument(classifier, cfg.gate, seed=cfg.seed, group=group)
         verdict = gate_verdict(numbers, cfg.gate)
         timings["gate_s"] = round(time.perf_counter() - t0, 1)
 
