@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -184,6 +185,14 @@ def test_waiving_the_gate_reuses_the_weights(tmp_path, monkeypatch):
     assert check_gate(b)["status"] == "ungated"
     for name in ("unet/diffusion_pytorch_model.safetensors", "evaluators/classifier.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+    # A base written before a training key existed is not a donor, even where the key's current default
+    # would re-validate its config to the same training hash (it was trained without that behaviour).
+    donor["config"]["data"].pop("plain_unsafe_fraction")
+    (a / "manifest.json").write_text(json.dumps(donor))
+    shutil.rmtree(b)
+    waived_again = waived.model_copy(update={"gate": waived.gate.model_copy(update={"reason": "waived again"})})
+    c = pretrain(waived_again)
+    assert json.loads((c / "manifest.json").read_text()).get("weights_from") is None
 
 
 def test_caption_mix_draws_the_marker_unprompted():

@@ -115,14 +115,25 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def read_pair_ids(path: Path) -> list[int] | None:
-    """The pair_id column of a shard or piece; None if the file cannot be read (then it is redone)."""
+def read_shard(path: Path, columns: list[str] | None = None) -> Any:
+    """A shard or piece as an Arrow table; None if it cannot be read (then it is redone)."""
     import pyarrow.parquet as pq
 
     try:
-        return [int(x) for x in pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()]
+        table = pq.read_table(path, columns=columns)
+        table.column("pair_id")
+        return table
     except Exception:  # noqa: BLE001 - a truncated or foreign file is simply not done
         return None
+
+
+def pair_ids_of(table: Any) -> list[int] | None:
+    return None if table is None else [int(x) for x in table.column("pair_id").to_pylist()]
+
+
+def read_pair_ids(path: Path) -> list[int] | None:
+    """The pair_id column of a shard or piece; None if the file cannot be read (then it is redone)."""
+    return pair_ids_of(read_shard(path, ["pair_id"]))
 
 
 # -- folder state ------------------------------------------------------------------------------------
@@ -370,20 +381,20 @@ def build_dataset(cfg: BuildConfig) -> Path:
 def _finish(out: Path, cfg: BuildConfig, chash: str, task: Task, generate: ImageSource, records: list,
             shards: list[list[PairSpec]], sampler: Any, model_id: str, world: int, timings: dict[str, float]) -> None:
     """Main process after every shard exists: check them, write manifest.json, then README.md."""
-    import pyarrow.parquet as pq
     from PIL import Image
 
     num_rows = num_bytes = file_bytes = 0
+    resolution = None
     for index, shard in enumerate(shards):
         path = out / DATA_SUBDIR / shard_name(index)
-        if read_pair_ids(path) != [spec.pair_id for spec in shard]:
+        table = read_shard(path)
+        if pair_ids_of(table) != [spec.pair_id for spec in shard]:
             raise MapoBenchError(f"{path} is missing or incomplete after the build; rerun the same command to resume")
-        table = pq.read_table(path)
         num_rows += table.num_rows
         num_bytes += table.nbytes  # what `datasets` records as the split's num_bytes (Arrow size)
         file_bytes += path.stat().st_size
-    first = pq.read_table(out / DATA_SUBDIR / shard_name(0), columns=["jpg_0"]).column("jpg_0")[0].as_py()
-    resolution = list(Image.open(io.BytesIO(first)).size)
+        if resolution is None:
+            resolution = list(Image.open(io.BytesIO(table.column("jpg_0")[0].as_py())).size)
     record_path = out / PARTIAL_SUBDIR / BACKEND_RECORD
     record = read_json(record_path) if record_path.is_file() else generate.record()
     chosen_first = sum(not spec.swap for shard in shards for spec in shard)

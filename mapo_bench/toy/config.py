@@ -124,9 +124,12 @@ def toy_config_hash(cfg: ToyPretrainConfig) -> str:
     return config_hash(cfg, exclude={"out", "overwrite"})
 
 
-def toy_training_hash(cfg: ToyPretrainConfig) -> str:
+def toy_training_hash(cfg: ToyPretrainConfig | dict) -> str:
     """Hash of what decides the weights only (not the gate or the gate's sampler): two configs with the
-    same training hash have identical weights, so a changed gate is re-measured without retraining."""
+    same training hash have identical weights, so a changed gate is re-measured without retraining.
+
+    Pass a finished base's manifest config as the dict it was written, never re-validated: a key added
+    since then would take its current default and make an old base look trained with it."""
     from mapo_bench.config import config_hash
 
     return config_hash(cfg, exclude={"out", "overwrite", "gate", "sampler"})

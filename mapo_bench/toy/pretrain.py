@@ -281,10 +281,10 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict
     for folder in trained_candidates(out):
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            other = ToyPretrainConfig.model_validate(manifest["config"])
-        except (ValueError, KeyError, OSError):
+            donor_hash = toy_training_hash(dict(manifest["config"]))
+        except (ValueError, KeyError, TypeError, OSError):
             continue
-        if toy_training_hash(other) != wanted:
+        if donor_hash != wanted:
             continue
         (work / "base").mkdir(parents=True, exist_ok=True)
         for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
