@@ -39,6 +39,15 @@ def test_toy_mismatch_plan_has_the_protocol():
     assert len(severities) >= 4
 
 
+def test_point_name_by_hand():
+    from mapo_bench.pipeline import point_name
+
+    assert point_name({}) == "default"
+    assert point_name({"optim.lr": 3.0e-5, "beta": 1000}) == "beta1000_optim.lr3e-05"  # keys sorted
+    assert point_name({"optim.lr": 1.0e-4}) == "optim.lr0.0001"
+    assert point_name({"lora.target": "to_q/to_k"}) == "lora.targetto-q-to-k"  # "_" joins keys; no "/"
+
+
 def test_grid_jobs_are_named_by_value_so_a_new_value_keeps_finished_jobs():
     """Adding a value in front of a grid list leaves every existing job id and folder as it was."""
     spec = load_config(PipelineSpec, ROOT / "pipelines" / "toy-mismatch.yaml")

@@ -69,8 +69,10 @@ def cache_key(*, backend: Any, model: str, vae: str | None, dtype: str, resoluti
 
 
 def key_folder(root: Path, key: dict[str, Any]) -> Path:
-    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"))
-    return Path(root) / hashlib.sha256(canonical.encode()).hexdigest()[:20]
+    """The cache folder of ``key``: the project's one config hash of it."""
+    from mapo_bench.config import config_hash
+
+    return Path(root) / config_hash(key)
 
 
 class LatentCache:
