@@ -89,6 +89,9 @@ class ToyPretrainConfig(StrictModel):
 
     out: Path | None = None  # None: user cache, keyed by config hash
     overwrite: bool = False
+    # Take the weights of a finished base with the same training hash (shipped, cached or out) and only
+    # re-measure the gate; false retrains from scratch (to check that a run reproduces the shipped bytes).
+    reuse_weights: bool = True
     seed: int = 0
     # Data-parallel CPU processes (mapo_bench/toy/parallel.py): each computes 1/processes of every batch.
     # Part of the weights' identity (float summation order), like the thread count.
@@ -117,11 +120,14 @@ class ToyPretrainConfig(StrictModel):
         return self
 
 
+NOT_WEIGHTS = ("out", "overwrite", "reuse_weights")  # where and how a run goes, not what it makes
+
+
 def toy_config_hash(cfg: ToyPretrainConfig) -> str:
     """Hash of what decides the weights (not where they go, nor the overwrite flag)."""
     from mapo_bench.config import config_hash
 
-    return config_hash(cfg, exclude={"out", "overwrite"})
+    return config_hash(cfg, exclude=set(NOT_WEIGHTS))
 
 
 def toy_training_hash(cfg: ToyPretrainConfig | dict) -> str:
@@ -132,4 +138,4 @@ def toy_training_hash(cfg: ToyPretrainConfig | dict) -> str:
     since then would take its current default and make an old base look trained with it."""
     from mapo_bench.config import config_hash
 
-    return config_hash(cfg, exclude={"out", "overwrite", "gate", "sampler"})
+    return config_hash(cfg, exclude={*NOT_WEIGHTS, "gate", "sampler"})

@@ -333,7 +333,7 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
     donor = None
     if group.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        donor = reuse_trained_weights(cfg, out, work)
+        donor = reuse_trained_weights(cfg, out, work) if cfg.reuse_weights else None
     group.barrier()
     timings: dict[str, float] = {}
     resumed: list[str] = []  # stages taken from the work folder of an interrupted run of this config
