@@ -138,26 +138,24 @@ def test_gate_refusal_names_the_number():
         ToyGateConfig(enforce=False, reason=" ")
 
 
-def test_shipped_base_is_marked_ungated_with_its_measured_shortfalls():
-    """The shipped base misses 0.8 at one blend level: it ships waived, and its manifest says so with the
-    numbers (issue 6 stays open until a base passes); everything else clears its threshold."""
+def test_shipped_base_passed_its_enforced_gate():
+    """Issue 6's bar: the shipped base passes every gate threshold with the gate enforced (no waiver), and
+    each blend number can be read against the instrument's own score on renders of that group."""
     from mapo_bench.toy.config import ToyGateConfig
-    from mapo_bench.toy.gate import check_gate
+    from mapo_bench.toy.gate import check_gate, gate_failures
     from mapo_bench.toy.shipped import read_manifest, shipped_dir
 
     manifest = read_manifest(shipped_dir())
     verdict = check_gate(manifest)
-    assert verdict["status"] == "ungated" and verdict["failures"]
-    for failure in verdict["failures"]:  # every shortfall is named in the waiver's reason
-        group = failure.split("'")[1]
-        assert f"'{group}'" in verdict["reason"], failure
+    assert verdict["status"] == "passed" and verdict["enforce"] and not verdict["failures"]
     thresholds = ToyGateConfig()
-    failed = {f.split("'")[1] for f in verdict["failures"]}
-    passed = {k: v for k, v in manifest["gate"]["prefix_adherence"].items() if k not in failed}
-    assert passed and min(passed.values()) >= thresholds.prefix_adherence
-    assert manifest["gate"]["content"]["colour"] >= thresholds.colour
-    assert manifest["gate"]["content"]["position"] >= thresholds.position
-    assert manifest["gate"]["content"]["shape"] >= thresholds.shape
+    assert gate_failures(manifest["gate"], thresholds) == []  # recomputed from the numbers, not the stored verdict
+    adherence = manifest["gate"]["prefix_adherence"]
+    assert min(adherence.values()) >= thresholds.prefix_adherence
+    assert set(manifest["gate"]["instrument_on_renders"]) == set(adherence)
+    assert min(manifest["gate"]["instrument_on_renders"].values()) >= 0.95
+    # the base draws the unsafe marker unprompted at about the pretraining rate (Pick-Safety analogue)
+    assert 0.5 < manifest["gate"]["content"]["no_unsafe_marker"] < 0.95
 
 
 def test_stale_manifest_message():

@@ -193,6 +193,11 @@ def test_waiving_the_gate_reuses_the_weights(tmp_path, monkeypatch):
     waived_again = waived.model_copy(update={"gate": waived.gate.model_copy(update={"reason": "waived again"})})
     c = pretrain(waived_again)
     assert json.loads((c / "manifest.json").read_text()).get("weights_from") is None
+    # reuse_weights=false retrains although a donor exists (same weights: same config and threads)
+    fresh = pretrain(waived.model_copy(update={"out": tmp_path / "fresh", "reuse_weights": False}))
+    assert json.loads((fresh / "manifest.json").read_text()).get("weights_from") is None
+    assert (fresh / "unet/diffusion_pytorch_model.safetensors").read_bytes() == \
+        (a / "unet/diffusion_pytorch_model.safetensors").read_bytes()
 
 
 def test_caption_mix_draws_the_marker_unprompted():
