@@ -23,7 +23,7 @@ def time_pretrain(out: Path | None) -> float:
 
     out = out or Path(tempfile.mkdtemp(prefix="toy-budget-")) / "base"
     start = time.perf_counter()
-    pretrain(ToyPretrainConfig(out=out, overwrite=True))
+    pretrain(ToyPretrainConfig(out=out, overwrite=True, reuse_weights=False))  # train, never borrow weights
     return time.perf_counter() - start
 
 
