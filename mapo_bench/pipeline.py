@@ -39,10 +39,6 @@ class MethodSpec(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
 
-    def point_names(self) -> list[str]:
-        """:func:`point_name` of every grid point, in :meth:`grid_points` order."""
-        return [point_name(values) for values in self.grid_points()]
-
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in a stable order ([{}] when there is no grid)."""
         if not self.grid:

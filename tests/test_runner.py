@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mapo_bench.config import load_config
-from mapo_bench.pipeline import PipelineSpec
+from mapo_bench.pipeline import PipelineSpec, point_name
 from mapo_bench.runner import Runner, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +40,6 @@ def test_toy_mismatch_plan_has_the_protocol():
 
 
 def test_point_name_by_hand():
-    from mapo_bench.pipeline import point_name
-
     assert point_name({}) == "default"
     assert point_name({"optim.lr": 3.0e-5, "beta": 1000}) == "beta1000_optim.lr3e-05"  # keys sorted
     assert point_name({"optim.lr": 1.0e-4}) == "optim.lr0.0001"
@@ -59,7 +57,7 @@ def test_grid_jobs_are_named_by_value_so_a_new_value_keeps_finished_jobs():
     assert before < after
     assert {j for j, _ in after - before if j.startswith("train:")} == {
         f"train:{d.name}:{m}:{name}:s{spec.seeds[0]}" for d in spec.datasets for m, ms in wider.methods.items()
-        for name in ms.point_names() if "optim.lr1e-06" in name}
+        for name in map(point_name, ms.grid_points()) if "optim.lr1e-06" in name}
 
 
 def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):

@@ -121,7 +121,7 @@ def read_shard(path: Path, columns: list[str] | None = None) -> Any:
 
     try:
         table = pq.read_table(path, columns=columns)
-        table.column("pair_id")
+        table.column("pair_id")  # KeyError: not one of our shards
         return table
     except Exception:  # noqa: BLE001 - a truncated or foreign file is simply not done
         return None

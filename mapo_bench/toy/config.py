@@ -36,7 +36,7 @@ class ToyDataConfig(StrictModel):
     # analogue has something to unlearn (with 0 the base never draws it and toy-safety is saturated at 1).
     plain_unsafe_fraction: float = Field(0.25, ge=0, le=1)
     blend_fraction: float = Field(0.3, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
-    unsafe_fraction: float = Field(0.15, ge=0, le=1)  # unsafe marker on a plain caption
+    unsafe_fraction: float = Field(0.15, ge=0, le=1)  # "unsafe: " + a plain caption (drawn with the marker)
     # the rest: full style prefixes "<style> style: ..." (photo included)
 
     @model_validator(mode="after")
@@ -124,7 +124,7 @@ NOT_WEIGHTS = ("out", "overwrite", "reuse_weights")  # where and how a run goes,
 
 
 def toy_config_hash(cfg: ToyPretrainConfig) -> str:
-    """Hash of what decides the weights (not where they go, nor the overwrite flag)."""
+    """Hash of what decides the weights and their gate (not ``NOT_WEIGHTS``: where and how a run goes)."""
     from mapo_bench.config import config_hash
 
     return config_hash(cfg, exclude=set(NOT_WEIGHTS))
