@@ -383,24 +383,30 @@ def select_settings(runner: Runner) -> dict[str, Any]:
 
 
 def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
-    """The --dry-run table: jobs per stage kind with estimated cost."""
+    """The --dry-run table: jobs per stage kind, how many phase-1 jobs are finished already (their markers
+    match), and the estimated cost of the rest (phase 2 counted as not done)."""
     from collections import Counter
 
+    finished = {job.id for job in jobs if runner.is_done(job)}
     counts = Counter(job.verb for job in jobs)
+    done = Counter(job.verb for job in jobs if job.id in finished)
     estimates = runner.spec.estimates_s
-    lines = [f"pipeline {runner.spec.name}: {len(jobs)} jobs in phase 1, {phase2_count} after selection",
-             f"run folder: {runner.run_dir}", "", f"{'stage':10s} {'jobs':>5s} {'est. each':>10s} {'est. total':>11s}"]
+    lines = [f"pipeline {runner.spec.name}: {len(jobs)} jobs in phase 1 ({len(finished)} done), "
+             f"{phase2_count} after selection", f"run folder: {runner.run_dir}", "",
+             f"{'stage':10s} {'jobs':>5s} {'done':>5s} {'est. each':>10s} {'est. left':>10s}"]
     total = 0.0
     per_phase2 = _phase2_counts(runner)
     for verb in ("build", "mismatch", "train", "sample", "eval"):
         n = counts.get(verb, 0) + per_phase2.get(verb, 0)
         each = estimates.get(verb)
-        cost = (each or 0.0) * n
+        cost = (each or 0.0) * (n - done[verb])
         total += cost
-        lines.append(f"{verb:10s} {n:5d} {(f'{each:.0f} s' if each else '?'):>10s} {(f'{cost / 60:.1f} min' if each else '?'):>11s}")
-    lines.append(f"{'total':10s} {len(jobs) + phase2_count:5d} {'':>10s} {total / 60:>7.1f} min (one worker; divide by --workers for parallel stages)")
+        lines.append(f"{verb:10s} {n:5d} {done[verb]:5d} {(f'{each:.0f} s' if each else '?'):>10s} "
+                     f"{(f'{cost / 60:.1f} min' if each else '?'):>10s}")
+    lines.append(f"{'total':10s} {len(jobs) + phase2_count:5d} {len(finished):5d} {'':>10s} {total / 60:>6.1f} min "
+                 "(one worker; divide by --workers for parallel stages)")
     lines.append("")
-    lines += [f"  {job.id}" for job in jobs]
+    lines += [f"  {job.id}{' (done)' if job.id in finished else ''}" for job in jobs]
     lines.append(f"  ... then {phase2_count} jobs for the selected settings on seeds {runner.spec.seeds} (test prompts)")
     return "\n".join(lines)
 

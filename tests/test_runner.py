@@ -22,7 +22,7 @@ def test_every_pipeline_dry_runs(path, capsys):
     spec = load_config(PipelineSpec, path)
     assert run_pipeline(spec, pipeline_path=path, dry_run=True, out=Path("/nonexistent/run")) is None
     out = capsys.readouterr().out
-    assert f"pipeline {spec.name}" in out and "est. total" in out
+    assert f"pipeline {spec.name}" in out and "est. left" in out and "(0 done)" in out
 
 
 def test_toy_mismatch_plan_has_the_protocol():
@@ -101,7 +101,7 @@ def tiny_spec(base: Path, train_recipe: Path) -> dict:
     }
 
 
-def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy):
+def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy, capsys):
     recipe = tmp_path / "train.yaml"
     recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
                                       "log": {"progress": False}}))
@@ -121,6 +121,12 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy):
     # Resume: a second run finds every job finished and redoes none of them.
     run_pipeline(spec, out=run)
     assert {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")} == markers
+    # and a dry run over the finished folder counts every phase-1 job as done
+    run_pipeline(spec, out=run, dry_run=True)
+    phase1 = Runner(spec, run).phase1()
+    out = capsys.readouterr().out
+    assert f"{len(phase1)} jobs in phase 1 ({len(phase1)} done)" in out
+    assert all(f"  {job.id} (done)" in out for job in phase1)
 
 
 def test_single_jobs_respect_deps_and_are_recorded(tmp_path, tiny_toy, capsys):
