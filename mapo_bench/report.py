@@ -94,9 +94,27 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         info = json.loads(marker.read_text())
         timings.setdefault(info["verb"], []).append(info["wall_s"])
     return {"schema_version": SCHEMA_VERSION, "pipeline": spec["name"], "config": spec, "versions": package_versions(),
+            "base": _base_record(run_dir, spec),
             "bootstrap": {"resamples": ev["resamples"], "seed": ev["bootstrap_seed"], "unit": "prompt"},
             "note": UNADJUSTED_NOTE, "severity": severity, "selection": selection, "rows": rows, "mean_scores": means,
             "wall_s": {verb: {"jobs": len(v), "total": round(sum(v), 1)} for verb, v in timings.items()}}
+
+
+def _base_record(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The base model as the first dataset's build recorded it (id, toy gate verdict), or {}."""
+    for d in spec["datasets"]:
+        path = run_dir / "datasets" / d["name"] / "manifest.json"
+        if path.is_file():
+            return read_json(path).get("backend") or {}
+    return {}
+
+
+def base_note(results: dict[str, Any]) -> list[str]:
+    """The report's line on the base model's gate (none for models without one), then a blank line."""
+    from mapo_bench.data.cards import gate_line
+
+    line = gate_line(results.get("base") or {})
+    return [line[0].upper() + line[1:], ""] if line else []
 
 
 def _role(metric: str, task: str, ev: dict[str, Any]) -> str:
@@ -111,7 +129,7 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 
 def render_markdown(results: dict[str, Any]) -> str:
     """table.md: severity per dataset, win rates (preference and fidelity first), mean scores, grid results."""
-    lines = [f"# {results['pipeline']}: reference mismatch vs win rate", "", results["note"], "",
+    lines = [f"# {results['pipeline']}: reference mismatch vs win rate", "", results["note"], "", *base_note(results),
              "## Severity (measured against the reference)", "",
              "| dataset | task | prefixed side | prefix excess (prefixed) | prefix excess chosen | prefix excess rejected "
              "| KID chosen | KID rejected | ref. pair accuracy |", "|---|---|---|---|---|---|---|---|---|"]
@@ -269,6 +287,7 @@ def headline_markdown(results: dict[str, Any], figure: str) -> str:
     lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` "
              f"(versions and config in [results.json]({Path(figure).parent.as_posix()}/results.json); "
              f"all tables in [table.md]({Path(figure).parent.as_posix()}/table.md)). {results['note']}", "",
+             *base_note(results),
              f"![severity vs win rate]({figure})", "",
              "| dataset | prefix excess (prefixed side) | comparison | preference win rate [95% CI] | fidelity win rate [95% CI] |",
              "|---|---|---|---|---|"]

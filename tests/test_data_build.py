@@ -260,6 +260,8 @@ def test_toy_backend_build(tmp_path):
         assert Image.open(io.BytesIO(row["jpg_0"])).size == (32, 32)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["backend"]["backend"] == "toy" and manifest["backend"]["gate"] == "ungated"
+    card = (folder / "README.md").read_text()
+    assert f"toy base `{base}` is **ungated** (gate ungated: not measured)" in card
     assert manifest["score_context"]["target_style"] == "pixel"
     assert validate_dataset(folder)["errors"] == []
 

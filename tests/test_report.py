@@ -73,9 +73,24 @@ def test_report_numbers_come_from_the_scores(tmp_path):
     assert rows[("safety", "mapo vs base", "toy-safety")]["severity_x"] == 0.02
     table = (out / "table.md").read_text()
     assert "0.875" in table and "| style | pick-style | chosen | 0.01" in table
+    assert results["base"] == {} and "gate" not in table  # no dataset manifest: nothing said about a gate
     assert len(pd.read_csv(out / "table.csv")) == len(results["rows"])
     png = (out / "severity_vs_winrate.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_says_when_the_toy_base_is_ungated(tmp_path):
+    run = _run_dir(tmp_path)
+    record = {"backend": "toy", "model_id": "my-base", "gate": "ungated", "gate_status": "ungated",
+              "gate_failures": ["prefix adherence 'cartoon 0.5' 0.79 < 0.8"]}
+    (run / "datasets" / "style" / "manifest.json").write_text(json.dumps({"backend": record}))
+    out = write_report(run)
+    line = "Toy base `my-base` is **ungated** (gate ungated: prefix adherence 'cartoon 0.5' 0.79 < 0.8)"
+    assert line in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["base"] == record
+    record.update(gate="gated", gate_status="passed", gate_failures=[])
+    (run / "datasets" / "style" / "manifest.json").write_text(json.dumps({"backend": record}))
+    assert "Toy base `my-base`: gate passed" in (write_report(run) / "table.md").read_text()
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -46,7 +46,7 @@ ${provenance}
 
 - ${num_pairs} pairs from ${num_prompts} distinct prompts (`${prompt_source}`), ${num_shards} parquet shard(s), one `train` split
 - images: ${image_format}, ${resolution}; sampler: ${sampler}; seed ${seed}; config hash `${config_hash}`
-${safety_line}
+${model_notes}
 
 Columns: `caption`, `jpg_0`, `jpg_1`, `label_0`, `label_1` (float64; 1 = preferred) plus provenance `prompt_0`,
 `prompt_1`, `seed`, `model_id`, `task`, `pair_id`, `sampler`. `manifest.json` holds the full config
@@ -116,7 +116,7 @@ def render_card(task: Task, manifest: dict[str, Any]) -> str:
         "resolution": f"{resolution[0]}x{resolution[1]} px" if resolution else "see images",
         "sampler": "none (renderer)" if rendered else json.dumps(sampler, sort_keys=True),
         "provenance": _provenance(config, manifest.get("model_id", ""), rendered), "seed": config["seed"], "config_hash": manifest["config_hash"],
-        "safety_line": _safety_line(manifest), "task": config["task"],
+        "model_notes": _model_notes(manifest), "task": config["task"],
         "target_style": context.target_style or "-", "base_style": context.base_style or "-",
         "license_text": LICENSE_TEXT.get(license_id, "See the generating model's license."),
     }
@@ -125,12 +125,30 @@ def render_card(task: Task, manifest: dict[str, Any]) -> str:
     return f"---\n{header}---\n\n{body}"
 
 
+def _model_notes(manifest: dict[str, Any]) -> str:
+    """Lines about the generating model: a disabled safety checker, a toy base's gate verdict."""
+    return "\n".join(filter(None, (_safety_line(manifest), gate_line(manifest.get("backend") or {}, "- "))))
+
+
 def _safety_line(manifest: dict[str, Any]) -> str:
     record = manifest.get("backend") or {}
     if record.get("safety_checker") == "disabled":
         return ("- the SD safety checker was disabled while building (it would black out unsafe images); "
                 "recorded in manifest.json")
     return ""
+
+
+def gate_line(record: dict[str, Any], bullet: str = "") -> str:
+    """A toy base's gate verdict from its backend record ("" for models without a gate): whether the base
+    passed, or that it is **ungated** and which numbers failed (DESIGN 6; issue 6)."""
+    if "gate" not in record:
+        return ""
+    model = record.get("model_id") or record.get("name") or "toy"
+    if record["gate"] == "gated":
+        return f"{bullet}toy base `{model}`: gate passed (its manifest holds the numbers)"
+    failures = "; ".join(record.get("gate_failures") or []) or "not measured"
+    return (f"{bullet}toy base `{model}` is **ungated** (gate {record.get('gate_status', 'unmeasured')}: {failures}); "
+            "numbers from it are not backed by a base that follows its prompts")
 
 
 def _provenance(config: dict[str, Any], model_id: str, rendered: bool) -> str:
