@@ -17,6 +17,7 @@ from mapo_bench.io import package_versions, read_json, write_json_atomic, write_
 from mapo_bench.pipeline import point_name
 
 SCHEMA_VERSION = 1
+GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
 UNADJUSTED_NOTE = ("95% intervals are paired bootstraps over prompts (sampling seeds nested in prompts), "
                    "not adjusted for multiple comparisons.")
 
@@ -225,9 +226,10 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
 
 def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path, max_prompts: int = 8,
                 scale: int = 3) -> Path | None:
-    """A PNG grid: rows = test prompts (sampling seed of the first image), columns = base then each method."""
+    """A PNG grid: rows = test prompts (sampling seed of the first image), columns = base then each method,
+    named in a header strip (and, with the prompts, in the ``.json`` beside it)."""
     import pandas as pd
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     spec = results["config"]
     seed = spec["seeds"][0]
@@ -250,11 +252,15 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
         tiles.append(tile_row)
     size = next(t for r in tiles for t in r if t is not None).size
     w, h = size[0] * scale, size[1] * scale
-    grid = Image.new("RGB", (w * len(columns), h * len(tiles)), "white")
+    header = GRID_HEADER_PX
+    grid = Image.new("RGB", (w * len(columns), header + h * len(tiles)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, (name, _) in enumerate(columns):
+        draw.text((j * w + 2, 2), name, fill="black")
     for i, tile_row in enumerate(tiles):
         for j, tile in enumerate(tile_row):
             if tile is not None:
-                grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, i * h))
+                grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, header + i * h))
     from mapo_bench.io import write_png_atomic
 
     legend = {"columns": [c for c, _ in columns], "rows": list(first["prompt"]), "sampling_seed": "first per prompt"}

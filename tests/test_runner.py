@@ -115,6 +115,15 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy, capsys):
     assert results["severity"]["safety"]["prefixed_side"] == "rejected"
     for name in ("table.md", "table.csv", "severity_vs_winrate.png", "grid_cartoon.png"):
         assert (report / name).is_file(), name
+    # grid: a header strip naming the columns (base + 2 methods), then one row of 32 px tiles x 3 per prompt
+    from PIL import Image
+
+    from mapo_bench.report import GRID_HEADER_PX
+
+    legend = json.loads((report / "grid_cartoon.json").read_text())
+    assert legend["columns"] == ["base", "mapo", "dpo"]
+    with Image.open(report / "grid_cartoon.png") as grid:
+        assert grid.size == (3 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
     selection = json.loads((run / "selection.json").read_text())
     assert len(selection["cartoon"]["mapo"]["rows"]) == 2
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
