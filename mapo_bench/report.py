@@ -112,7 +112,7 @@ def _base_record(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
 
 def base_note(results: dict[str, Any]) -> list[str]:
     """The report's line on the base model's gate (none for models without one), then a blank line."""
-    from mapo_bench.data.cards import gate_line
+    from mapo_bench.toy.gate import gate_line
 
     line = gate_line(results.get("base") or {})
     return [line[0].upper() + line[1:], ""] if line else []
@@ -252,15 +252,14 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
         tiles.append(tile_row)
     size = next(t for r in tiles for t in r if t is not None).size
     w, h = size[0] * scale, size[1] * scale
-    header = GRID_HEADER_PX
-    grid = Image.new("RGB", (w * len(columns), header + h * len(tiles)), "white")
+    grid = Image.new("RGB", (w * len(columns), GRID_HEADER_PX + h * len(tiles)), "white")
     draw = ImageDraw.Draw(grid)
     for j, (name, _) in enumerate(columns):
         draw.text((j * w + 2, 2), name, fill="black")
     for i, tile_row in enumerate(tiles):
         for j, tile in enumerate(tile_row):
             if tile is not None:
-                grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, header + i * h))
+                grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, GRID_HEADER_PX + i * h))
     from mapo_bench.io import write_png_atomic
 
     legend = {"columns": [c for c, _ in columns], "rows": list(first["prompt"]), "sampling_seed": "first per prompt"}

@@ -127,6 +127,8 @@ def render_card(task: Task, manifest: dict[str, Any]) -> str:
 
 def _model_notes(manifest: dict[str, Any]) -> str:
     """Lines about the generating model: a disabled safety checker, a toy base's gate verdict."""
+    from mapo_bench.toy.gate import gate_line
+
     return "\n".join(filter(None, (_safety_line(manifest), gate_line(manifest.get("backend") or {}, "- "))))
 
 
@@ -136,19 +138,6 @@ def _safety_line(manifest: dict[str, Any]) -> str:
         return ("- the SD safety checker was disabled while building (it would black out unsafe images); "
                 "recorded in manifest.json")
     return ""
-
-
-def gate_line(record: dict[str, Any], bullet: str = "") -> str:
-    """A toy base's gate verdict from its backend record ("" for models without a gate): whether the base
-    passed, or that it is **ungated** and which numbers failed (DESIGN 6; issue 6)."""
-    if "gate" not in record:
-        return ""
-    model = record.get("model_id") or record.get("name") or "toy"
-    if record["gate"] == "gated":
-        return f"{bullet}toy base `{model}`: gate passed (its manifest holds the numbers)"
-    failures = "; ".join(record.get("gate_failures") or []) or "not measured"
-    return (f"{bullet}toy base `{model}` is **ungated** (gate {record.get('gate_status', 'unmeasured')}: {failures}); "
-            "numbers from it are not backed by a base that follows its prompts")
 
 
 def _provenance(config: dict[str, Any], model_id: str, rendered: bool) -> str:

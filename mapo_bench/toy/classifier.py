@@ -87,9 +87,13 @@ class ToyClassifier(nn.Module):
 
 
 # -- training data ----------------------------------------------------------------------------------
-def classifier_captions(n: int, rng: np.random.Generator, blend_share: float = 0.75) -> list[str]:
-    """Captions covering every style, continuous blends (``blend_share`` of the non-base ones) and the
-    unsafe marker."""
+def classifier_captions(n: int, rng: np.random.Generator, blend_share: float | None = None) -> list[str]:
+    """Captions covering every style, continuous blends (``blend_share`` of the non-base ones; default:
+    the config's) and the unsafe marker."""
+    if blend_share is None:
+        from mapo_bench.toy.config import ToyEvaluatorTrainConfig
+
+        blend_share = ToyEvaluatorTrainConfig().blend_share
     plain = vocab.all_plain_captions()
     out = []
     for _ in range(n):

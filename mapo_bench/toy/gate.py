@@ -120,6 +120,19 @@ def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: 
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance}}
 
 
+def gate_line(record: dict[str, Any], bullet: str = "") -> str:
+    """A toy base's gate verdict from its backend record ("" for models without a gate): whether the base
+    passed, or that it is **ungated** and which numbers failed (DESIGN 6; issue 6)."""
+    if "gate" not in record:
+        return ""
+    model = record.get("model_id", "toy")
+    if record["gate"] == "gated":
+        return f"{bullet}toy base `{model}`: gate passed (its manifest holds the numbers)"
+    failures = "; ".join(record.get("gate_failures") or []) or "not measured"
+    return (f"{bullet}toy base `{model}` is **ungated** (gate {record.get('gate_status', 'unmeasured')}: {failures}); "
+            "numbers from it are not backed by a base that follows its prompts")
+
+
 def gate_failures(numbers: dict[str, Any], gate_cfg: Any) -> list[str]:
     """Every number below its threshold, as ``name value < threshold`` strings."""
     failures = []

@@ -281,7 +281,7 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict
     for folder in trained_candidates(out):
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            donor_hash = toy_training_hash(dict(manifest["config"]))
+            donor_hash = toy_training_hash(manifest["config"])
         except (ValueError, KeyError, TypeError, OSError):
             continue
         if donor_hash != wanted:
