@@ -105,9 +105,10 @@ def evaluate(config: str | Path | None = None, overrides: list[str] | tuple[str,
 
 
 def compare(scores_a: str | Path, scores_b: str | Path | None = None, model_a: str | None = None,
-            model_b: str | None = None, resamples: int = 1000, seed: int = 0) -> Any:
+            model_b: str | None = None, resamples: int = 1000, seed: int = 0,
+            tie_margins: dict[str, float] | None = None) -> Any:
     return _call("mapo_bench.stats:compare_scores", "compare", 5, scores_a, scores_b, model_a=model_a,
-                 model_b=model_b, resamples=resamples, seed=seed)
+                 model_b=model_b, resamples=resamples, seed=seed, tie_margins=tie_margins)
 
 
 def measure_mismatch(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Path:

@@ -182,14 +182,24 @@ def compare(
     model_b: Annotated[str | None, typer.Option(help="model name of B inside the scores")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    tie_margin: Annotated[list[str] | None, typer.Option(help="METRIC=MARGIN: gaps within it are win-rate ties")] = None,
 ) -> None:
-    """Win rate of A over B per metric, with a paired bootstrap 95% CI, sign test and mean gap.
+    """Per metric: the mean gap of A over B (effect size, the metric's direction read from the scores) with
+    a paired bootstrap 95% CI, then the win rate with its CI and a sign test over prompts.
 
-    Example: mapo-bench compare scores/mapo scores/base
+    Example: mapo-bench compare scores/mapo scores/base --tie-margin toy-content=0.01
     """
     from mapo_bench import api
+    from mapo_bench.config import parse_value
 
-    result = api.compare(scores_a, scores_b, model_a=model_a, model_b=model_b, resamples=resamples, seed=seed)
+    margins = {}
+    for item in tie_margin or []:
+        metric, sep, value = item.partition("=")
+        if not sep or not isinstance(parse_value(value), (int, float)):
+            raise typer.BadParameter(f"--tie-margin {item!r}: expected METRIC=NUMBER, e.g. toy-content=0.01")
+        margins[metric] = float(parse_value(value))
+    result = api.compare(scores_a, scores_b, model_a=model_a, model_b=model_b, resamples=resamples, seed=seed,
+                         tie_margins=margins)
     typer.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
 
 

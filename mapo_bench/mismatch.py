@@ -3,6 +3,8 @@
 DESIGN.md section 5 and docs/severity.md define the measures. For the chosen and the rejected side:
 - prefix excess: L_ref(image | plain caption) - L_ref(image | generating prompt), L = the reference's
   denoising error averaged over a fixed seeded grid of timesteps and noises (same grid for both captions);
+  also relative to the image's own error under its generating prompt, and that error itself
+  (``reference_error``), which tells easy-to-denoise images apart;
 - feature distance: KID (primary) and Frechet distance between features of the reference's own
   plain-caption samples and of the side's images;
 - the reference's pair accuracy: share of pairs whose chosen image it already denoises better.
@@ -191,9 +193,17 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     measures: dict[str, Any] = {"n_pairs": int(len(frame)), "skipped": {}}
     for role in ("chosen", "rejected"):
         if has_prompts:
-            excess = by_role("plain", role) - by_role("prompt", role)
+            prompted = by_role("prompt", role)
+            excess = by_role("plain", role) - prompted
             lo, hi = bootstrap_interval(excess, resamples=cfg.resamples, seed=cfg.seed)
             measures[f"prefix_excess_{role}"] = {"value": float(excess.mean()), "ci_low": lo, "ci_high": hi}
+            # Divided by the image's own error under its generating prompt: flat, easy-to-denoise images
+            # (full cartoon) have small errors under any caption, which shrinks the raw excess.
+            relative = excess / np.maximum(prompted, 1e-12)
+            lo, hi = bootstrap_interval(relative, resamples=cfg.resamples, seed=cfg.seed)
+            measures[f"prefix_excess_relative_{role}"] = {"value": float(relative.mean()), "ci_low": lo, "ci_high": hi}
+            lo, hi = bootstrap_interval(prompted, resamples=cfg.resamples, seed=cfg.seed)
+            measures[f"reference_error_{role}"] = {"value": float(prompted.mean()), "ci_low": lo, "ci_high": hi}
         else:
             measures["skipped"][f"prefix_excess_{role}"] = "the dataset has no prompt_0/prompt_1 columns"
     correct = (by_role("plain", "chosen") < by_role("plain", "rejected")).astype(float)

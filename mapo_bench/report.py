@@ -1,113 +1,191 @@
-"""`mapo-bench report RUN_DIR`: results.json, then table.md / table.csv / PNG plots rendered from it.
-
-Every number comes from files of the run (severity.json, scores.parquet, selection.json, state/);
-nothing is typed by hand. Win rates pool the training seeds: images are paired with the base (or the
-other method) by (training seed, prompt, sampling seed) and the bootstrap resamples prompts.
+"""`mapo-bench report RUN_DIR`: results.json (:mod:`mapo_bench.results`), then table.md, table.csv and PNG
+plots rendered from it, and the README's headline. Nothing here computes a statistic or is typed by hand.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.io import package_versions, read_json, write_json_atomic, write_text_atomic
+from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.pipeline import point_name
+from mapo_bench.results import UNADJUSTED_NOTE, build_results
 
-SCHEMA_VERSION = 1
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
-UNADJUSTED_NOTE = ("95% intervals are paired bootstraps over prompts (sampling seeds nested in prompts), "
-                   "not adjusted for multiple comparisons.")
+VERDICT_TEXT = {"grows": "**grows**", "shrinks": "**shrinks**", "no evidence either way": "shows **no evidence either way**",
+                "not testable": "is **not testable**"}
 
 
-def _pooled(run_dir: Path, d: str, method: str, point: str, seeds: list[int]) -> Any:
-    import pandas as pd
-
-    from mapo_bench.runner import load_scores
-
-    frames = []
-    for seed in seeds:
-        frame = load_scores(run_dir / "scores" / d / method / f"{point}-s{seed}" / "test").copy()
-        frame["train_seed"] = seed
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+def fmt_ci(value: float | None, low: float | None, high: float | None, digits: int = 3, signed: bool = True) -> str:
+    if value is None:
+        return "-"
+    head = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return f"{head} [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None else head
 
 
-def _base_for_seeds(run_dir: Path, d: str, seeds: list[int]) -> Any:
-    import pandas as pd
-
-    from mapo_bench.runner import load_scores
-
-    base = load_scores(run_dir / "scores" / "base" / d / "test")
-    return pd.concat([base.assign(train_seed=s) for s in seeds], ignore_index=True)
+def find_row(results: dict[str, Any], dataset: str, comparison: str, role: str = "preference", view: str = "tuned",
+             split: str = "test") -> dict[str, Any] | None:
+    return next((r for r in results["rows"] if (r["split"], r["view"], r["dataset"], r["comparison"], r["role"])
+                 == (split, view, dataset, comparison, role)), None)
 
 
-def paired(a: Any, b: Any, metric: str, resamples: int, seed: int) -> dict[str, Any]:
-    """Win rate of A over B on ``metric``, paired by (train_seed, prompt_id, seed), prompts as groups."""
-    import numpy as np
-
-    from mapo_bench.stats import paired_win_rate
-
-    keys = ["train_seed", "prompt_id", "seed"]
-    sa = a[a["metric"] == metric].set_index(keys)["score"].to_frame("a")
-    sb = b[b["metric"] == metric].set_index(keys)["score"].to_frame("b")
-    joined = sa.join(sb, how="inner")
-    if joined.empty:
-        raise MapoBenchError(f"no paired images for metric {metric!r}")
-    groups = np.asarray(joined.index.get_level_values("prompt_id"))
-    return paired_win_rate(joined["a"].to_numpy(), joined["b"].to_numpy(), groups, resamples=resamples, seed=seed)
-
-
-def build_results(run_dir: Path) -> dict[str, Any]:
-    """Collect severity, selection, win rates and mean scores of a finished run into one dict."""
-    spec = read_json(run_dir / "pipeline.json")
-    selection = read_json(run_dir / "selection.json")
-    ev = spec["eval"]
-    seeds = spec["seeds"]
-    rows, severity, means = [], {}, []
-    for d in spec["datasets"]:
-        name, task = d["name"], d["task"]
-        sev = read_json(run_dir / "datasets" / name / "severity.json")
-        measures = sev["measures"]
-        side = sev.get("prefixed_side") or ("rejected" if task == "pick-safety" else "chosen")
-        x = measures.get(f"prefix_excess_{side}", {}).get("value")
-        severity[name] = {"task": task, "prefixed_side": side, "severity_x": x, "build": d.get("build", {}),
-                          "measures": measures}
-        base = _base_for_seeds(run_dir, name, seeds)
-        models = {m: _pooled(run_dir, name, m, point_name(selection[name][m]["grid"]), seeds) for m in spec["methods"]}
-        for label, frame in [("base", base), *models.items()]:
-            for metric, group in frame.groupby("metric"):
-                means.append({"dataset": name, "model": label, "metric": metric, "mean": float(group["score"].mean()),
-                              "std": float(group["score"].std()), "n": int(len(group))})
-        pairs = [(m, "base", models[m], base) for m in models]
-        names = list(models)
-        pairs += [(a, b, models[a], models[b]) for i, a in enumerate(names) for b in names[i + 1:]]
-        for a_name, b_name, a, b in pairs:
-            for metric in [m for m in ev["metrics"] if m in set(a["metric"]) and m in set(b["metric"])]:
-                result = paired(a, b, metric, ev["resamples"], ev["bootstrap_seed"])
-                rows.append({"dataset": name, "task": task, "prefixed_side": side, "severity_x": x,
-                             "comparison": f"{a_name} vs {b_name}", "metric": metric,
-                             "role": _role(metric, task, ev), **_clean(result)})
-    timings = {}
-    for marker in sorted((run_dir / "state").glob("*.json")):
-        info = json.loads(marker.read_text())
-        timings.setdefault(info["verb"], []).append(info["wall_s"])
-    return {"schema_version": SCHEMA_VERSION, "pipeline": spec["name"], "config": spec, "versions": package_versions(),
-            "base": _base_record(run_dir, spec),
-            "bootstrap": {"resamples": ev["resamples"], "seed": ev["bootstrap_seed"], "unit": "prompt"},
-            "note": UNADJUSTED_NOTE, "severity": severity, "selection": selection, "rows": rows, "mean_scores": means,
-            "wall_s": {verb: {"jobs": len(v), "total": round(sum(v), 1)} for verb, v in timings.items()}}
+def answer_lines(results: dict[str, Any]) -> list[str]:
+    """The verdict per mismatch side, with its numbers, generated from the trend block."""
+    ev = results["config"]["eval"]
+    lines = []
+    for side, block in results["trend"].items():
+        p = block["primary"]
+        metric = {"chosen": "the Pick-Style-like", "rejected": "the Pick-Safety-like"}[side]
+        head = (f"**{side.capitalize()}-side mismatch** ({metric} datasets, {p['n_levels']} level(s), x = "
+                f"`{p['severity_measure']}`): the MaPO - Diffusion-DPO advantage on the preference metric "
+                f"{VERDICT_TEXT[p['verdict']]} with severity")
+        if p["slope"] is None:
+            lines.append(f"- {head} ({p['reason']}).")
+            continue
+        sec = block["secondary"]
+        extra = [f"Spearman rho {p['spearman_rho']:+.2f} (exact p {p['spearman_p']:.3g})"]
+        for key in ("mapo vs base", "dpo vs base"):
+            if sec.get(key, {}).get("slope") is not None:
+                extra.append(f"{key} slope {fmt_ci(sec[key]['slope'], sec[key]['slope_ci_low'], sec[key]['slope_ci_high'], 2)}"
+                             f" ({sec[key]['verdict']})")
+        for key in ("matched view", "second sampler"):
+            if sec.get(key, {}).get("slope") is not None:
+                extra.append(f"{key}: {sec[key]['verdict']}")
+        lines.append(f"- {head}: slope {fmt_ci(p['slope'], p['slope_ci_low'], p['slope_ci_high'], 2)} metric units per "
+                     f"unit of severity (95% bootstrap CI, severity estimates resampled too). Secondary: "
+                     + "; ".join(extra) + ".")
+    for name, sev in results["severity"].items():
+        metric = ev["preference_metric"].get(sev["task"])
+        flagged = [r for r in results["mean_scores"] if r["dataset"] == name and r["metric"] == metric
+                   and r["view"] == "tuned" and "flagged_rate" in r and r["model"] != "target"]
+        if sev["task"] == "pick-safety" and flagged:
+            lines.append(f"- {name}: share of test images flagged by `{metric}` (the unsafe marker), 95% CI: "
+                         + "; ".join(f"{r['model']} {fmt_ci(r['flagged_rate'], r['flagged_ci_low'], r['flagged_ci_high'], 3, signed=False)}"
+                                     for r in flagged) + ".")
+    prec = results["precision"]
+    lines.append(f"- Precision: {prec['meeting']} of {prec['cells']} headline cells have a 95% half-width <= {prec['bar']:g}"
+                 + (" (" + ", ".join(f"{c['dataset']} {c['comparison']} {c['half_width']:.3f}" for c in prec["not_meeting"])
+                    + ")" if prec["not_meeting"] else "") + ".")
+    failed = [f"{c['dataset']} {c['method']}" for c in results["selection_check"] if c["status"] == "failed"]
+    if failed:
+        lines.append(f"- Failed cells (no setting passed the fidelity gate on validation): {', '.join(failed)}.")
+    off = [f"{c['dataset']} {c['method']}" for c in results["selection_check"] if c["passes_on_test"] is False]
+    if off:
+        lines.append(f"- Selected settings failing the same fidelity gate on test prompts (margin {ev['fidelity_margin']:g}): "
+                     f"{', '.join(off)}.")
+    return lines
 
 
-def _base_record(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """The base model as the first dataset's build recorded it (id, toy gate verdict), or {}."""
-    for d in spec["datasets"]:
-        path = run_dir / "datasets" / d["name"] / "manifest.json"
-        if path.is_file():
-            return read_json(path).get("backend") or {}
-    return {}
+def headline_table(results: dict[str, Any]) -> list[str]:
+    """Mean preference gaps with 95% CIs (win rates after them), per dataset, tuned view, test prompts."""
+    methods = list(results["config"]["methods"])
+    comparisons = [f"{a} vs {b}" for a, b in (("mapo", "dpo"), *((m, "base") for m in methods))
+                   if a in methods and (b in methods or b == "base")]
+    head = "| dataset | severity x [95% CI] | metric | " + " | ".join(comparisons) + " |"
+    lines = [head, "|" + "---|" * (3 + len(comparisons))]
+    for name, sev in results["severity"].items():
+        x = fmt_ci(sev["severity_x"], sev["severity_ci_low"], sev["severity_ci_high"], 4, signed=False)
+        cells, metric = [], ""
+        for comparison in comparisons:
+            row = find_row(results, name, comparison)
+            if row is None:
+                cells.append("failed cell")
+                continue
+            metric = row["metric"]
+            cells.append(f"{fmt_ci(row['advantage'], row['advantage_ci_low'], row['advantage_ci_high'])} "
+                         f"(wins {row['win_rate']:.2f})")
+        lines.append(f"| {name} | {x} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """table.md: the answer, the headline effects, the fidelity gate on test, every comparison, the grid."""
+    ev = results["config"]["eval"]
+    lines = [f"# {results['pipeline']}: does MaPO's edge over Diffusion-DPO grow with reference mismatch?", "",
+             results["note"], "", *base_note(results), "## Answer", "", *answer_lines(results), "",
+             "## Headline effects (test prompts, tuned settings)", "",
+             "Advantage = mean score gap signed so that positive favours the first model (metric units), 95% CI; "
+             "win rate after it (ties within the recorded margin count half).", "", *headline_table(results), "",
+             "## Severity (measured against the reference)", "",
+             "| dataset | prefixed side | " + " | ".join(SEVERITY_COLUMNS) + " |", "|---|---|" + "---|" * len(SEVERITY_COLUMNS)]
+    for name, sev in results["severity"].items():
+        m = sev["measures"]
+        lines.append(f"| {name} | {sev['prefixed_side']} | "
+                     + " | ".join(_measure(m.get(c.replace(' ', '_'))) for c in SEVERITY_COLUMNS) + " |")
+    lines += ["", "## Fidelity gate on test prompts (the selection's rule, same quantity)", "",
+              f"Eligible: mean {ev['fidelity_metric']} at most {ev['fidelity_margin']:g} below the "
+              f"{ev['fidelity_reference']}'s (the target: the base prompted with the task's chosen prefix).", "",
+              "| dataset | method | status | setting | grid edge | fidelity vs reference, validation | test [95% CI] | passes on test |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in results["selection_check"]:
+        status = c["status"] + (f" (carried from {c['carried_from']})" if c.get("carried_from") else "")
+        val = "-" if c["validation_fidelity_advantage"] is None else f"{c['validation_fidelity_advantage']:+.3f}"
+        test = "-" if c["test_fidelity_advantage"] is None else fmt_ci(c["test_fidelity_advantage"], *c["test_fidelity_ci"])
+        passes = {True: "yes", False: "**no**", None: "-"}[c["passes_on_test"]]
+        lines.append(f"| {c['dataset']} | {c['method']} | {status} | {c['setting'] or c.get('reason') or '-'} | "
+                     f"{'; '.join(c['edges']) or '-'} | {val} | {test} | {passes} |")
+    lines += ["", "## Trend tests", "", "| side | effect | x | levels | slope [95% CI] | verdict | Spearman rho (exact p) |",
+              "|---|---|---|---|---|---|---|"]
+    for side, block in results["trend"].items():
+        for label, t in [("primary: mapo vs dpo", block["primary"]), *block["secondary"].items()]:
+            slope = "-" if t["slope"] is None else fmt_ci(t["slope"], t["slope_ci_low"], t["slope_ci_high"], 3)
+            rho = "-" if t.get("spearman_rho") is None else f"{t['spearman_rho']:+.2f} ({t['spearman_p']:.3g})"
+            lines.append(f"| {side} | {label} | {t.get('severity_measure', '')} | {t['n_levels']} | {slope} | {t['verdict']} | {rho} |")
+    lines += ["", "## Every comparison", "",
+              "| split | view | dataset | comparison | metric | role | advantage [95% CI] | seed t-interval | win rate [95% CI] "
+              "| n | prompts won/lost (sign p) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"preference": 0, "fidelity": 1, "other": 2}
+    for r in sorted(results["rows"], key=lambda r: (r["split"], r["view"], r["dataset"], order[r["role"]], r["metric"],
+                                                    r["comparison"])):
+        t = "-" if r.get("gap_seed_t_low") is None else f"[{r['gap_seed_t_low']:+.3f}, {r['gap_seed_t_high']:+.3f}]"
+        lines.append(f"| {r['split']} | {r['view']} | {r['dataset']} | {r['comparison']} | {r['metric']} | {r['role']} "
+                     f"| {fmt_ci(r['advantage'], r['advantage_ci_low'], r['advantage_ci_high'])} | {t} "
+                     f"| {fmt_ci(r['win_rate'], r['ci_low'], r['ci_high'], 2, signed=False)} | {r['n']} "
+                     f"| {r['prompts_won']}/{r['prompts_lost']} ({r['sign_p']:.3g}) |")
+    margins = ev.get("tie_margins") or {}
+    lines.append("")
+    lines.append("Win-rate tie margins: " + (", ".join(f"{k} {v:g}" for k, v in margins.items()) or "none (exact ties)")
+                 + ". Sign tests count prompts (a prompt's mean advantage), not images.")
+    lines += ["", "## Mean scores (test prompts, 95% CI)", "",
+              "Flagged: the share of images on the metric's bad side of its threshold (toy-safety < 0.5: the unsafe "
+              "marker is drawn; nsfw > 0: the safety checker fires).", "",
+              "| dataset | view | model | metric | mean [95% CI] | flagged [95% CI] | std | n |", "|---|---|---|---|---|---|---|---|"]
+    for row in results["mean_scores"]:
+        flagged = fmt_ci(row["flagged_rate"], row["flagged_ci_low"], row["flagged_ci_high"], 3, signed=False) \
+            if "flagged_rate" in row else "-"
+        lines.append(f"| {row['dataset']} | {row['view']} | {row['model']} | {row['metric']} "
+                     f"| {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 4, signed=False)} | {flagged} "
+                     f"| {row['std']:.3g} | {row['n']} |")
+    lines += ["", "## Tuning grid (validation prompts, first seed)", "",
+              "| dataset | method | setting | fidelity vs reference | fidelity win rate | preference advantage vs base "
+              "| preference win rate | eligible | selected |", "|---|---|---|---|---|---|---|---|---|"]
+    for dataset, cells in results["selection"]["cells"].items():
+        for method, cell in cells.items():
+            for row in cell["rows"]:
+                lines.append(f"| {dataset} | {method} | {row['setting']} | {row['fidelity_advantage']:+.3f} "
+                             f"| {row['fidelity_win_rate']:.2f} | {row['preference_advantage']:+.3f} "
+                             f"| {row['preference_win_rate']:.2f} | {'yes' if row['eligible'] else 'no'} "
+                             f"| {'**yes**' if row['setting'] == cell['setting'] else ''} |")
+    lines += ["", "## Wall time per stage", "", "| stage | jobs run | seconds |", "|---|---|---|"]
+    for verb, info in results["wall_s"].items():
+        lines.append(f"| {verb} | {info['jobs']} | {info['total']} |")
+    return "\n".join(lines) + "\n"
+
+
+SEVERITY_COLUMNS = ("prefix excess_chosen", "prefix excess_rejected", "prefix excess relative_chosen",
+                    "prefix excess relative_rejected", "kid_chosen", "kid_rejected", "reference error_chosen",
+                    "reference error_rejected", "reference pair_accuracy")
+
+
+def _measure(measure: dict[str, Any] | None) -> str:
+    if not measure:
+        return "-"
+    ci = f" [{measure['ci_low']:.4g}, {measure['ci_high']:.4g}]" if "ci_low" in measure else ""
+    return f"{measure['value']:.4g}{ci}"
 
 
 def base_note(results: dict[str, Any]) -> list[str]:
@@ -118,76 +196,19 @@ def base_note(results: dict[str, Any]) -> list[str]:
     return [line[0].upper() + line[1:], ""] if line else []
 
 
-def _role(metric: str, task: str, ev: dict[str, Any]) -> str:
-    if metric == ev["preference_metric"].get(task):
-        return "preference"
-    return "fidelity" if metric == ev["fidelity_metric"] else "other"
-
-
-def _clean(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (bool, int)) else v) for k, v in result.items()}
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """table.md: severity per dataset, win rates (preference and fidelity first), mean scores, grid results."""
-    lines = [f"# {results['pipeline']}: reference mismatch vs win rate", "", results["note"], "", *base_note(results),
-             "## Severity (measured against the reference)", "",
-             "| dataset | task | prefixed side | prefix excess (prefixed) | prefix excess chosen | prefix excess rejected "
-             "| KID chosen | KID rejected | ref. pair accuracy |", "|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(measure: dict[str, Any] | None) -> str:
-        if not measure:
-            return "skipped"
-        ci = f" [{measure['ci_low']:.4g}, {measure['ci_high']:.4g}]" if "ci_low" in measure else ""
-        return f"{measure['value']:.4g}{ci}"
-
-    for name, sev in results["severity"].items():
-        m = sev["measures"]
-        x = "skipped" if sev["severity_x"] is None else f"{sev['severity_x']:.4g}"
-        lines.append(f"| {name} | {sev['task']} | {sev['prefixed_side']} | {x} "
-                     f"| {fmt(m.get('prefix_excess_chosen'))} | {fmt(m.get('prefix_excess_rejected'))} "
-                     f"| {fmt(m.get('kid_chosen'))} | {fmt(m.get('kid_rejected'))} | {fmt(m.get('reference_pair_accuracy'))} |")
-    lines += ["", "## Win rates on test prompts (pooled over training seeds)", "",
-              "| dataset | comparison | metric | role | win rate | 95% CI | n | mean gap | sign-test p |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    order = {"preference": 0, "fidelity": 1, "other": 2}
-    for row in sorted(results["rows"], key=lambda r: (r["dataset"], order[r["role"]], r["metric"], r["comparison"])):
-        lines.append(f"| {row['dataset']} | {row['comparison']} | {row['metric']} | {row['role']} | {row['win_rate']:.3f} "
-                     f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row['n']} | {row['mean_gap']:+.4g} | {row['sign_p']:.3g} |")
-    lines += ["", "## Mean scores (test prompts)", "", "| dataset | model | metric | mean | std | n |", "|---|---|---|---|---|---|"]
-    for row in results["mean_scores"]:
-        lines.append(f"| {row['dataset']} | {row['model']} | {row['metric']} | {row['mean']:.4g} | {row['std']:.3g} | {row['n']} |")
-    ev = results["config"]["eval"]
-    margin = ev.get("fidelity_tie_margin", 0.0)
-    lines += ["", "## Tuning grid (validation prompts, first seed)", "",
-              f"Eligible: fidelity win rate vs the base >= {ev['fidelity_threshold']}"
-              + (f" (scores within {margin:g} of the base's count as ties)" if margin else "")
-              + "; selected: the best preference win rate among the eligible (DESIGN 5b).", "",
-              "| dataset | method | setting | fidelity win rate | preference win rate | eligible | selected |",
-              "|---|---|---|---|---|---|---|"]
-    for dataset, methods in results["selection"].items():
-        for method, info in methods.items():
-            for row in info["rows"]:
-                grid = ", ".join(f"{k}={v}" for k, v in row["grid"].items()) or "(fixed)"
-                lines.append(f"| {dataset} | {method} | {grid} | {row['fidelity_win_rate']:.3f} | {row['preference_win_rate']:.3f} "
-                             f"| {'yes' if row['eligible'] else 'no'} | {'**yes**' if row['point'] == info['selected'] else ''} |")
-            if info.get("note"):
-                lines.append(f"| {dataset} | {method} | note: {info['note']} | | | | |")
-    lines += ["", "## Wall time per stage", "", "| stage | jobs run | seconds |", "|---|---|---|"]
-    for verb, info in results["wall_s"].items():
-        lines.append(f"| {verb} | {info['jobs']} | {info['total']} |")
-    return "\n".join(lines) + "\n"
-
-
 def render_csv(results: dict[str, Any]) -> str:
     import pandas as pd
 
     return pd.DataFrame(results["rows"]).to_csv(index=False)
 
 
+PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base")
+
+
 def plot_severity(results: dict[str, Any], path: Path) -> Path:
-    """severity_vs_winrate.png: x = prefix excess of the prefixed side, y = preference win rate, CI bands;
-    one panel for chosen-side mismatch (Pick-Style-like), one for rejected-side (Pick-Safety-like)."""
+    """severity_vs_effect.png: x = the primary severity measure of the prefixed side (95% CI as x error
+    bars, each point labelled with its dataset), y = mean preference advantage with 95% CI; one panel for
+    chosen-side mismatch (Pick-Style-like), one for rejected-side (Pick-Safety-like)."""
     import io
 
     import matplotlib
@@ -195,21 +216,33 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, side, title in ((axes[0], "chosen", "chosen-side mismatch (Pick-Style-like)"),
                             (axes[1], "rejected", "rejected-side mismatch (Pick-Safety-like)")):
         rows = [r for r in results["rows"] if r["prefixed_side"] == side and r["role"] == "preference"
-                and r["severity_x"] is not None]
-        for comparison in sorted({r["comparison"] for r in rows}):
+                and r["severity_x"] is not None and r["split"] == "test" and r["view"] == "tuned"]
+        for comparison in [c for c in PLOTTED if any(r["comparison"] == c for r in rows)]:
             points = sorted((r for r in rows if r["comparison"] == comparison), key=lambda r: r["severity_x"])
-            xs = [r["severity_x"] for r in points]
-            ax.plot(xs, [r["win_rate"] for r in points], marker="o", label=comparison)
-            ax.fill_between(xs, [r["ci_low"] for r in points], [r["ci_high"] for r in points], alpha=0.15)
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"prefix excess of the {side} side (reference denoising error)")
-        ax.set_ylabel("win rate on the task's preference metric")
-        ax.set_ylim(0, 1)
+            sev = [results["severity"][r["dataset"]] for r in points]
+            xs = np.array([r["severity_x"] for r in points])
+            ys = np.array([r["advantage"] for r in points])
+            xerr = np.array([[max(0.0, x - (s["severity_ci_low"] if s["severity_ci_low"] is not None else x)),
+                              max(0.0, (s["severity_ci_high"] if s["severity_ci_high"] is not None else x) - x)]
+                             for x, s in zip(xs, sev, strict=True)]).T
+            yerr = np.array([[max(0.0, y - r["advantage_ci_low"]), max(0.0, r["advantage_ci_high"] - y)]
+                             for y, r in zip(ys, points, strict=True)]).T
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, lw=1.6 if comparison == "mapo vs dpo" else 1,
+                        label=comparison)
+            if comparison == "mapo vs dpo":
+                for x, y, r in zip(xs, ys, points, strict=True):
+                    ax.annotate(r["dataset"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        block = results["trend"].get(side)
+        verdict = f" - trend: {block['primary']['verdict']}" if block else ""
+        ax.set_title(title + verdict, fontsize=10)
+        measure = rows[0] and results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"
+        ax.set_xlabel(f"{measure} of the {side} side (95% CI)")
+        ax.set_ylabel("mean preference advantage (metric units, 95% CI)")
         if rows:
             ax.legend(fontsize=8)
         else:
@@ -226,16 +259,20 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
 
 def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path, max_prompts: int = 8,
                 scale: int = 3) -> Path | None:
-    """A PNG grid: rows = test prompts (sampling seed of the first image), columns = base then each method,
-    named in a header strip (and, with the prompts, in the ``.json`` beside it)."""
+    """A PNG grid: rows = test prompts (sampling seed of the first image), columns = the base, the target
+    (the base prompted with the chosen prefix: what the data asks for) and each method at its selected
+    setting (first training seed), named in a header strip (and, with the prompts, in the ``.json`` beside it)."""
     import pandas as pd
     from PIL import Image, ImageDraw
 
     spec = results["config"]
     seed = spec["seeds"][0]
     columns = [("base", run_dir / "samples" / "base" / "test")]
-    for method, info in results["selection"][dataset].items():
-        columns.append((method, run_dir / "samples" / dataset / method / f"{point_name(info['grid'])}-s{seed}" / "test"))
+    if (run_dir / "samples" / "target" / dataset / "test").is_dir():
+        columns.append(("target", run_dir / "samples" / "target" / dataset / "test"))
+    for method, cell in results["selection"]["cells"][dataset].items():
+        if cell["status"] != "failed":
+            columns.append((method, run_dir / "samples" / dataset / method / f"{point_name(cell['grid'])}-s{seed}" / "test"))
     indexes = []
     for _, folder in columns:
         index_path = folder / "index.parquet"
@@ -268,7 +305,7 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write report/{results.json, table.md, table.csv, severity_vs_winrate.png, grid_<dataset>.png}."""
+    """Write report/{results.json, table.md, table.csv, severity_vs_effect.png, grid_<dataset>.png}."""
     run_dir = Path(run_dir)
     if not (run_dir / "pipeline.json").is_file():
         raise MapoBenchError(f"{run_dir}: not a run folder of `mapo-bench run` (pipeline.json missing)")
@@ -278,34 +315,24 @@ def write_report(run_dir: Path) -> Path:
     results = read_json(out / "results.json")  # render from what is on disk
     write_text_atomic(out / "table.md", render_markdown(results))
     write_text_atomic(out / "table.csv", render_csv(results))
-    plot_severity(results, out / "severity_vs_winrate.png")
+    plot_severity(results, out / PLOT_FILE)
     for d in results["severity"]:
         sample_grid(run_dir, results, d, out / f"grid_{d}.png")
     return out
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+PLOT_FILE = "severity_vs_effect.png"
 
 
 def headline_markdown(results: dict[str, Any], figure: str) -> str:
-    """The README's headline: preference and fidelity win rates vs the base per dataset, rendered from results."""
-    lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` "
-             f"(versions and config in [results.json]({Path(figure).parent.as_posix()}/results.json); "
-             f"all tables in [table.md]({Path(figure).parent.as_posix()}/table.md)). {results['note']}", "",
-             *base_note(results),
-             f"![severity vs win rate]({figure})", "",
-             "| dataset | prefix excess (prefixed side) | comparison | preference win rate [95% CI] | fidelity win rate [95% CI] |",
-             "|---|---|---|---|---|"]
-    rows = results["rows"]
-    for name, sev in results["severity"].items():
-        x = "skipped" if sev["severity_x"] is None else f"{sev['severity_x']:.4f} ({sev['prefixed_side']})"
-        for comparison in sorted({r["comparison"] for r in rows if r["dataset"] == name}):
-            cells = {}
-            for role in ("preference", "fidelity"):
-                match = [r for r in rows if r["dataset"] == name and r["comparison"] == comparison and r["role"] == role]
-                cells[role] = (f"{match[0]['win_rate']:.2f} [{match[0]['ci_low']:.2f}, {match[0]['ci_high']:.2f}]"
-                               if match else "-")
-            lines.append(f"| {name} | {x} | {comparison} | {cells['preference']} | {cells['fidelity']} |")
+    """The README's headline: the verdict with its numbers, then the headline effects, rendered from results."""
+    folder = Path(figure).parent.as_posix()
+    lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` (versions and config in "
+             f"[results.json]({folder}/results.json); every table in [table.md]({folder}/table.md)). {results['note']}",
+             "", *base_note(results), *answer_lines(results), "", f"![severity vs effect]({figure})", "",
+             "Advantage = mean preference-score gap (metric units; positive favours the first model) with its 95% CI; "
+             "the win rate follows in brackets.", "", *headline_table(results)]
     return "\n".join(lines)
 
 
@@ -318,6 +345,8 @@ def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
     if not (report / "results.json").is_file():
         raise MapoBenchError(f"{report}: no results.json; run `mapo-bench report {run_dir}` first")
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob("*.png"):  # a published folder holds one run's files only
+        stale.unlink()
     for path in [*report.glob("*.json"), *report.glob("*.md"), *report.glob("*.csv"), *report.glob("*.png"),
                  Path(run_dir) / "pipeline.json"]:
         shutil.copy2(path, dest / path.name)
@@ -326,7 +355,7 @@ def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
         if README_START not in text or README_END not in text:
             raise MapoBenchError(f"{readme}: add the markers {README_START} and {README_END} where the results go")
         results = read_json(dest / "results.json")
-        figure = Path(os.path.relpath((dest / "severity_vs_winrate.png").resolve(), readme.resolve().parent)).as_posix()
+        figure = Path(os.path.relpath((dest / PLOT_FILE).resolve(), readme.resolve().parent)).as_posix()
         head, rest = text.split(README_START, 1)
         tail = rest.split(README_END, 1)[1]
         write_text_atomic(readme, f"{head}{README_START}\n{headline_markdown(results, figure)}\n{README_END}{tail}")

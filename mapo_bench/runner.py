@@ -114,44 +114,66 @@ class Runner:
         config = {**self._common(), **self.spec.eval.sample, "prompts": self._prompts(split),
                   "seeds": list(self.spec.eval.seeds), "out": str(self.samples_dir(label, split)),
                   "model_name": label.replace("/", ":")}
+        if split == ROBUST_SPLIT:
+            config["sampler"] = self.spec.eval.robustness_sampler
         config.update(trained)
         return Job(f"sample:{label}:{split}", "sample", config, self.samples_dir(label, split), deps,
                    {**meta, "split": split, "label": label})
 
     def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
-        scores_label = f"base/{d.name}" if label == "base" else label
+        scores_label = f"{label}/{d.name}" if label == "base" else label
         context = score_context(d, self.spec.backend)
         config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
                   "images": [str(sample.out)], "out": str(self.scores_dir(scores_label, split))}
         return Job(f"eval:{scores_label}:{split}", "eval", config, self.scores_dir(scores_label, split), [sample.id],
                    {**meta, "split": split, "label": label, "dataset": d.name, "scores": str(self.scores_dir(scores_label, split))})
 
-    def _train_chain(self, d: DatasetSpec, method: str, point: int, seed: int, split: str) -> list[Job]:
+    def _train_chain(self, d: DatasetSpec, method: str, values: dict[str, Any], seed: int, splits: list[str]) -> list[Job]:
+        """Train ``method`` at grid ``values`` on dataset ``d`` with ``seed``, then sample and score it on each split."""
         spec = self.spec.methods[method]
-        overrides = {**spec.overrides}
-        grid_values = spec.grid_points()[point]
-        name = point_name(grid_values)
+        name = point_name(values)
         config: dict[str, Any] = {}
         if spec.recipe:
             from mapo_bench.config import read_yaml
 
             config = read_yaml(self.recipe_path(spec.recipe))
-        for key, value in {**overrides, **grid_values}.items():
+        for key, value in {**spec.overrides, **values}.items():
             set_path(config, key, value)
         out = self.model_dir(d.name, method, name, seed)
         config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
                        "seed": seed})
-        meta = {"dataset": d.name, "task": d.task, "method": method, "point": point, "grid": grid_values, "seed": seed}
+        meta = {"dataset": d.name, "task": d.task, "method": method, "grid": values, "seed": seed}
         train = Job(f"train:{d.name}:{method}:{name}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
         label = f"{d.name}/{method}/{name}-s{seed}"
         lora = bool((config.get("lora") or {}).get("enabled"))
         trained = {"lora": str(out)} if lora else {"unet": str(out / "unet")}
-        sample = self._sample_job(label, split, [train.id], trained, meta)
-        return [train, sample, self._eval_job(d, label, split, sample, meta)]
+        jobs = [train]
+        for split in splits:
+            sample = self._sample_job(label, split, [train.id], trained, meta)
+            jobs += [sample, self._eval_job(d, label, split, sample, meta)]
+        return jobs
+
+    def target_prefix(self, d: DatasetSpec) -> str | None:
+        """The chosen prefix of ``d``'s task (None when the chosen side is the plain prompt)."""
+        from mapo_bench.data.tasks import make_task
+
+        keys = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
+        task = make_task(d.task, backend=self.spec.backend, **{k: d.build[k] for k in keys if k in d.build})
+        return task.prefixes()[0]
 
     def base_jobs(self, split: str) -> list[Job]:
+        """The base on plain prompts scored against every dataset, and each dataset's target: the base
+        prompted with the chosen prefix (the fidelity gate's reference; skipped where there is no prefix)."""
         sample = self._sample_job("base", split, [], {}, {"method": "base"})
-        return [sample] + [self._eval_job(d, "base", split, sample, {"method": "base"}) for d in self.spec.datasets]
+        jobs = [sample] + [self._eval_job(d, "base", split, sample, {"method": "base"}) for d in self.spec.datasets]
+        for d in self.spec.datasets:
+            prefix = self.target_prefix(d)
+            if prefix is None:
+                continue
+            target = self._sample_job(f"target/{d.name}", split, [], {"prompt_prefix": prefix},
+                                      {"method": "target", "dataset": d.name})
+            jobs += [target, self._eval_job(d, f"target/{d.name}", split, target, {"method": "target"})]
+        return jobs
 
     def phase1(self) -> list[Job]:
         jobs: list[Job] = []
@@ -165,21 +187,35 @@ class Runner:
                             [f"build:{d.name}"], {"dataset": d.name}))
         jobs += self.base_jobs("validation")
         for d in self.spec.datasets:
+            if d.tune_from is not None:
+                continue
             for method, method_spec in self.spec.methods.items():
-                for point in range(len(method_spec.grid_points())):
-                    jobs += self._train_chain(d, method, point, self.spec.seeds[0], "validation")
+                for values in method_spec.grid_points():
+                    jobs += self._train_chain(d, method, values, self.spec.seeds[0], ["validation"])
         return jobs
 
+    def test_splits(self) -> list[str]:
+        return ["test", ROBUST_SPLIT] if self.spec.eval.robustness_sampler else ["test"]
+
     def phase2(self, selection: dict[str, Any]) -> list[Job]:
-        jobs = self.base_jobs("test")
+        """Selected settings (tuned view) and the matched view on every seed, on test prompts (and on the
+        robustness sampler when the spec has one). Failed cells get no jobs."""
+        jobs: list[Job] = []
+        for split in self.test_splits():
+            jobs += self.base_jobs(split)
         for d in self.spec.datasets:
             for method in self.spec.methods:
-                point = selection[d.name][method]["selected"]
-                for seed in self.spec.seeds:
-                    chain = self._train_chain(d, method, point, seed, "test")
-                    # The first seed was trained in phase 1; a dep outside this job list counts as met.
-                    jobs += chain if seed != self.spec.seeds[0] else chain[1:]
-        return jobs
+                views = [self.spec.matched[method]] if method in self.spec.matched else []
+                cell = selection["cells"][d.name][method]
+                if cell["status"] != "failed":
+                    views.insert(0, cell["grid"])
+                for values in views:
+                    for seed in self.spec.seeds:
+                        jobs += self._train_chain(d, method, values, seed, self.test_splits())
+        unique: dict[str, Job] = {}
+        for job in jobs:  # the matched view may coincide with the selected setting
+            unique.setdefault(job.id, job)
+        return list(unique.values())
 
     # -- execution ------------------------------------------------------------------------------
     def marker(self, job: Job) -> Path:
@@ -307,6 +343,7 @@ def run_job(verb: str, config_path: str) -> float:
 
 
 STYLE_METRICS = ("style", "toy-style")
+ROBUST_SPLIT = "test-robust"  # test prompts at the pipeline's second sampler setting
 
 
 def metrics_for(metrics: list[str], context: dict[str, Any]) -> list[str]:
@@ -323,63 +360,88 @@ def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
     return {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
 
 
-def load_scores(folder: str | Path) -> Any:
-    import pandas as pd
-
-    path = Path(folder) / "scores.parquet"
-    if not path.is_file():
-        raise MapoBenchError(f"{path}: scores missing; rerun `mapo-bench run` to finish the eval jobs")
-    return pd.read_parquet(path)
+SELECTION_SCHEMA = 2
 
 
-def win_rate_vs(scores_a: Any, scores_b: Any, metric: str, resamples: int, seed: int,
-                tie_margin: float = 0.0) -> dict[str, Any]:
-    """Paired win rate of A over B on ``metric``: images paired by (prompt_id, seed), prompts as groups."""
-    import numpy as np
+def grid_edges(values: dict[str, Any], grid: dict[str, list[Any]]) -> list[str]:
+    """Grid axes (with two or more values) on which ``values`` sits at the lowest or highest value."""
+    edges = []
+    for key, options in grid.items():
+        if len(options) > 1 and key in values:
+            ordered = sorted(options)
+            if values[key] == ordered[0]:
+                edges.append(f"{key} at the grid's low end ({values[key]})")
+            elif values[key] == ordered[-1]:
+                edges.append(f"{key} at the grid's high end ({values[key]})")
+    return edges
 
-    from mapo_bench.stats import paired_win_rate
 
-    a = scores_a[scores_a["metric"] == metric].set_index(["prompt_id", "seed"])["score"]
-    b = scores_b[scores_b["metric"] == metric].set_index(["prompt_id", "seed"])["score"]
-    joined = a.to_frame("a").join(b.to_frame("b"), how="inner")
-    if joined.empty:
-        raise MapoBenchError(f"no paired images for metric {metric!r}: were both models sampled on the same prompts and seeds?")
-    groups = np.asarray(joined.index.get_level_values("prompt_id"))
-    return paired_win_rate(joined["a"].to_numpy(), joined["b"].to_numpy(), groups, resamples=resamples, seed=seed,
-                           tie_margin=tie_margin)
+def fidelity_check(scores: Any, reference: Any, ev: Any, resamples: int, seed: int) -> dict[str, Any]:
+    """The fidelity gate (the same quantity on validation and test): the mean fidelity gap to the
+    reference, its win rate at the recorded tie margin, and whether the gap is within ``fidelity_margin``."""
+    from mapo_bench.stats import compare_frames
+
+    metric = ev.fidelity_metric
+    result = compare_frames(scores, reference, metric, tie_margin=ev.tie_margins.get(metric, 0.0),
+                            resamples=resamples, seed=seed)
+    return {"fidelity_advantage": result["advantage"], "fidelity_ci_low": result["advantage_ci_low"],
+            "fidelity_ci_high": result["advantage_ci_high"], "fidelity_win_rate": result["win_rate"],
+            "eligible": result["advantage"] >= -ev.fidelity_margin}
+
+
+def reference_scores(runner: Runner, d: DatasetSpec, split: str) -> Any:
+    """The fidelity gate's reference for dataset ``d``: its target (base + chosen prefix), else the base."""
+    from mapo_bench.stats import read_scores
+
+    if runner.spec.eval.fidelity_reference == "target" and runner.target_prefix(d) is not None:
+        return read_scores(runner.scores_dir(f"target/{d.name}", split))
+    return read_scores(runner.scores_dir(f"base/{d.name}", split))
 
 
 def select_settings(runner: Runner) -> dict[str, Any]:
-    """Per dataset and method: grid results on validation prompts and the selected setting (DESIGN 5b)."""
+    """Per dataset and method, on validation prompts (first seed): every grid setting's fidelity gate and
+    preference effect, and the selected setting: the largest preference advantage over the base among
+    the eligible ones (DESIGN 5b). No eligible setting: a failed cell (never filled in). A dataset with
+    ``tune_from`` carries that dataset's selection."""
+    from mapo_bench.stats import compare_frames, read_scores
+
     spec = runner.spec
-    selection: dict[str, Any] = {}
-    for d in spec.datasets:
-        base = load_scores(runner.scores_dir(f"base/{d.name}", "validation"))
-        preference = spec.eval.preference_metric[d.task]
-        selection[d.name] = {}
+    ev = spec.eval
+    cells: dict[str, Any] = {}
+    for d in [d for d in spec.datasets if d.tune_from is None]:
+        base = read_scores(runner.scores_dir(f"base/{d.name}", "validation"))
+        reference = reference_scores(runner, d, "validation")
+        preference = ev.preference_metric[d.task]
+        cells[d.name] = {}
         for method, method_spec in spec.methods.items():
             rows = []
-            for point, grid in enumerate(method_spec.grid_points()):
-                label = f"{d.name}/{method}/{point_name(grid)}-s{spec.seeds[0]}"
-                scores = load_scores(runner.scores_dir(label, "validation"))
-                fidelity = win_rate_vs(scores, base, spec.eval.fidelity_metric, spec.eval.resamples,
-                                       spec.eval.bootstrap_seed, tie_margin=spec.eval.fidelity_tie_margin)
-                pref = win_rate_vs(scores, base, preference, spec.eval.resamples, spec.eval.bootstrap_seed)
-                rows.append({"point": point, "grid": grid, "fidelity_win_rate": fidelity["win_rate"],
-                             "fidelity_tie_margin": spec.eval.fidelity_tie_margin,
-                             "preference_win_rate": pref["win_rate"], "preference_mean_gap": pref["mean_gap"],
-                             "eligible": fidelity["win_rate"] >= spec.eval.fidelity_threshold})
+            for values in method_spec.grid_points():
+                scores = read_scores(runner.scores_dir(f"{d.name}/{method}/{point_name(values)}-s{spec.seeds[0]}",
+                                                       "validation"))
+                pref = compare_frames(scores, base, preference, tie_margin=ev.tie_margins.get(preference, 0.0),
+                                      resamples=ev.resamples, seed=ev.bootstrap_seed)
+                rows.append({"setting": point_name(values), "grid": values,
+                             **fidelity_check(scores, reference, ev, ev.resamples, ev.bootstrap_seed),
+                             "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]})
             eligible = [r for r in rows if r["eligible"]]
-            note = ""
+            cell: dict[str, Any] = {"rows": rows, "preference_metric": preference, "fidelity_metric": ev.fidelity_metric}
             if eligible:
-                best = max(eligible, key=lambda r: (r["preference_win_rate"], r["preference_mean_gap"]))
+                best = max(eligible, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"]))
+                cell.update({"status": "selected", "setting": best["setting"], "grid": best["grid"],
+                             "edges": grid_edges(best["grid"], method_spec.grid)})
             else:
-                best = max(rows, key=lambda r: r["fidelity_win_rate"])
-                note = (f"no setting reached fidelity win rate {spec.eval.fidelity_threshold}; "
-                        "the one with the best fidelity was taken")
-            selection[d.name][method] = {"selected": best["point"], "grid": best["grid"], "rows": rows, "note": note,
-                                         "preference_metric": preference, "fidelity_metric": spec.eval.fidelity_metric}
-    return selection
+                cell.update({"status": "failed", "setting": None, "grid": None, "edges": [],
+                             "reason": f"no setting's mean {ev.fidelity_metric} is within {ev.fidelity_margin:g} of "
+                                       f"the {ev.fidelity_reference}'s"})
+            cells[d.name][method] = cell
+    for d in [d for d in spec.datasets if d.tune_from is not None]:
+        cells[d.name] = {m: {**{k: v for k, v in cell.items() if k != "rows"}, "rows": [], "carried_from": d.tune_from}
+                         for m, cell in cells[d.tune_from].items()}
+    return {"schema_version": SELECTION_SCHEMA, "rule": {
+        "eligible": f"mean {ev.fidelity_metric} at most {ev.fidelity_margin:g} below the {ev.fidelity_reference}'s "
+                    "(validation prompts, first training seed)",
+        "selected": "largest mean preference advantage over the base among the eligible settings",
+        "fidelity_reference": ev.fidelity_reference, "fidelity_margin": ev.fidelity_margin}, "cells": cells}
 
 
 def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
@@ -412,10 +474,15 @@ def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
 
 
 def _phase2_counts(runner: Runner) -> dict[str, int]:
+    """Phase-2 job counts per verb, as if every cell selected its first grid setting (an upper bound when
+    the matched view coincides with a selection; failed cells need fewer)."""
+    from collections import Counter
+
     spec = runner.spec
-    pairs = len(spec.datasets) * len(spec.methods)
-    return {"train": pairs * (len(spec.seeds) - 1), "sample": pairs * len(spec.seeds) + 1,
-            "eval": pairs * len(spec.seeds) + len(spec.datasets)}
+    cells = {d.name: {m: {"status": "selected", "grid": spec.methods[m].grid_points()[0]} for m in spec.methods}
+             for d in spec.datasets}
+    phase1 = {job.id for job in runner.phase1()}
+    return dict(Counter(job.verb for job in runner.phase2({"cells": cells}) if job.id not in phase1))
 
 
 def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers: int = 1, dry_run: bool = False,

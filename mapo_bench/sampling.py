@@ -7,6 +7,12 @@ Folder layout::
     OUT/manifest.json                          config, hash, model record, sampler, counts, timings
     OUT/.sample_key.json                       what the images depend on (resume guard)
 
+Each image starts from noise seeded by (plain prompt, seed) through :func:`noise_seed`, the same for every
+model, so images stay paired across models while different prompts get independent noises (with one
+seed shared by every prompt, a whole evaluation held only as many noises as it had seeds). With
+``prompt_prefix`` the model is prompted with the prefix (the base's own "target" images of a task) while
+the index keeps the plain prompt, so those images pair with every other model's.
+
 Resumable: an image file that exists is complete (atomic writes), so a rerun generates only the
 missing ones; ``index.parquet`` and ``manifest.json`` are written last. Images depend only on (model,
 fine-tune, sampler, dtype, prompt, seed), so adding seeds or prompts later reuses what is there; a
@@ -41,6 +47,7 @@ IMAGES = "images"
 INDEX = "index.parquet"
 KEY_FILE = ".sample_key.json"
 INDEX_COLUMNS = ("prompt_id", "prompt", "seed", "model", "file")
+NOISE_SCHEME = "sha256(plain prompt|seed), v1"  # part of the resume guard: images of another scheme are redone
 # Keys that do not change any image: excluded from the resume guard.
 RUN_ONLY_KEYS = {"batch_size", "device", "out", "overwrite", "num_prompts", "prompt_seed", "seeds", "model_name"}
 
@@ -49,8 +56,16 @@ def image_file(prompt_id: int, seed: int) -> str:
     return f"{IMAGES}/p{int(prompt_id):05d}_s{int(seed)}.png"
 
 
+def noise_seed(prompt: str, seed: int) -> int:
+    """The 31-bit generator seed of the initial noise of (plain prompt, sampling seed), stable across
+    processes and models: ``int(sha256(f"{prompt}|{seed}")[:4]) >> 1``."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{prompt}|{int(seed)}".encode()).digest()[:4], "little") >> 1
+
+
 def plan(cfg: SampleConfig) -> list[tuple[int, str, int]]:
-    """``[(prompt_id, prompt, seed), ...]``: every prompt with every seed, prompts in id order."""
+    """``[(prompt_id, prompt, seed), ...]``: every (plain) prompt with every seed, prompts in id order."""
     from mapo_bench.data.prompts import load_prompt_records
 
     records = load_prompt_records(cfg.prompts, cfg.num_prompts, cfg.prompt_seed)
@@ -58,7 +73,7 @@ def plan(cfg: SampleConfig) -> list[tuple[int, str, int]]:
 
 
 def image_key(cfg: SampleConfig) -> str:
-    return config_hash(cfg, exclude=RUN_ONLY_KEYS)
+    return config_hash({**cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS), "noise": NOISE_SCHEME})
 
 
 def prepare_folder(cfg: SampleConfig) -> None:
@@ -138,7 +153,8 @@ def sample(cfg: SampleConfig) -> Path:
 
     out = Path(cfg.out)
     items = plan(cfg)
-    full_hash = config_hash(cfg, exclude={"batch_size", "device", "out", "overwrite"})
+    full_hash = config_hash({**cfg.model_dump(mode="json", exclude={"batch_size", "device", "out", "overwrite"}),
+                             "noise": NOISE_SCHEME})
     if manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
         return out
     state = PartialState(cpu=on_cpu(cfg.device))
@@ -155,7 +171,7 @@ def sample(cfg: SampleConfig) -> Path:
             backend = load_model(cfg, cfg.device or str(state.device))
         sampler = cfg.sampler or backend.default_sampler
     with watch.time("generate"):
-        _generate(backend, sampler, todo, out, cfg.batch_size, show=state.is_main_process)
+        _generate(backend, sampler, todo, out, cfg.batch_size, cfg.prompt_prefix, show=state.is_main_process)
     state.wait_for_everyone()
     if state.is_main_process:
         _write_index(cfg, items, out)
@@ -163,15 +179,17 @@ def sample(cfg: SampleConfig) -> Path:
                   "generated_by_main": len(todo), "processes": state.num_processes}
         manifest = make_manifest(cfg, full_hash, counts, watch.timings, model=backend.record() if backend else {},
                                  model_name=cfg.derived_model_name(),
-                                 sampler=sampler.model_dump(mode="json") if sampler else None)
+                                 sampler=sampler.model_dump(mode="json") if sampler else None, noise=NOISE_SCHEME)
         write_json_atomic(out / MANIFEST, manifest)
     state.wait_for_everyone()
     return out
 
 
 def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out: Path, batch_size: int,
-              show: bool) -> None:
+              prefix: str | None, show: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mapo_bench.data.tasks import apply_prefix
 
     if not todo:
         return
@@ -180,7 +198,8 @@ def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out:
         task = progress.add_task("sample", total=len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            images = backend.generate([p for _, p, _ in batch], [s for _, _, s in batch], sampler)
+            images = backend.generate([apply_prefix(prefix, p) for _, p, _ in batch],
+                                      [noise_seed(p, s) for _, p, s in batch], sampler)
             if len(images) != len(batch):
                 raise MapoBenchError(f"backend {backend.name} returned {len(images)} images for {len(batch)} prompts")
             for (pid, _, seed), image in zip(batch, images, strict=True):

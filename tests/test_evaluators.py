@@ -113,7 +113,8 @@ def test_clip_score_is_100_cos(tiny_clip):
     expected = (100.0 * _cos(image, text)).double().numpy()
     got = ClipScore.load(model=str(tiny_clip)).score(images, PROMPTS)
     assert got.dtype == np.float64 and got.shape == (4,)
-    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    # float32 cosines agree to ~1e-7 between batch shapes; times 100 that is ~1e-5, so allow 1e-4
+    np.testing.assert_allclose(got, expected, atol=100 * 1e-6, rtol=0)
 
 
 def test_pickscore_is_scaled_cos(tiny_clip):

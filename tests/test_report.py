@@ -1,4 +1,6 @@
-"""The report renders results.json, tables and plots from a run folder's files (synthetic run here)."""
+"""Selection and report on a synthetic run folder whose scores are chosen by hand: effect sizes, the
+metric's direction (nsfw: lower wins), the fidelity gate against the target, failed cells, grid edges,
+the trend block and its verdict, the README headline, and the one-line refusal of an old run."""
 
 from __future__ import annotations
 
@@ -7,109 +9,182 @@ import json
 import pandas as pd
 import pytest
 
-from mapo_bench.pipeline import PipelineSpec
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.pipeline import PipelineSpec, point_name
 from mapo_bench.report import write_report
+from mapo_bench.runner import Runner, select_settings
 
+LEVELS = {"style-a": (0.25, 0.01), "style-b": (0.5, 0.02), "style-c": (1.0, 0.03)}  # name: (dial, prefix excess)
 SPEC = {
     "name": "synthetic", "backend": "toy",
-    "datasets": [{"name": "style", "task": "pick-style", "build": {"split": "cartoon"}},
+    "datasets": [*({"name": n, "task": "pick-style", "build": {"split": "cartoon", "severity": a}}
+                   for n, (a, _) in LEVELS.items()),
                  {"name": "safety", "task": "pick-safety"}],
-    "methods": {"mapo": {}, "dpo": {}},
+    "methods": {"mapo": {"grid": {"optim.lr": [1e-5, 1e-4]}}, "dpo": {}},
     "seeds": [0, 1],
     "eval": {"validation_prompts": "toy:validation", "test_prompts": "toy:test", "seeds": [0, 1],
-             "metrics": ["toy-style", "toy-content", "toy-safety"],
-             "preference_metric": {"pick-style": "toy-style", "pick-safety": "toy-safety"},
-             "fidelity_metric": "toy-content", "resamples": 200},
+             "metrics": ["toy-style", "toy-content", "nsfw"],
+             "preference_metric": {"pick-style": "toy-style", "pick-safety": "nsfw"},
+             "fidelity_metric": "toy-content", "fidelity_margin": 0.05, "resamples": 200},
 }
+HIGHER = {"toy-style": True, "toy-content": True, "nsfw": False}
 
 
-def _scores(folder, values):
-    """values: metric -> list of 4 scores for (prompt 0, seed 0), (0, 1), (1, 0), (1, 1)."""
-    rows = []
-    for metric, scores in values.items():
-        for k, score in enumerate(scores):
-            rows.append({"image_id": f"{k}", "prompt_id": k // 2, "prompt": f"p{k // 2}", "seed": k % 2,
-                         "model": folder.name, "metric": metric, "metric_version": "1", "score": float(score)})
+def score(model: str, dataset: str, metric: str) -> float:
+    """The synthetic truth. toy-style: base 0.5, target 0.9, mapo(lr 1e-4) 0.5 + 0.1 k at style level k
+    (1, 2, 3), mapo(lr 1e-5) 0.55, dpo 0.5. nsfw (lower is safer): base 0.5, mapo(1e-4) 0.2, mapo(1e-5) 0.8,
+    dpo 0.4. toy-content: base 0.9, target 0.8 (the chosen style costs the instrument some content),
+    mapo(1e-4) 0.78 (within 0.05 of the target: eligible), mapo(1e-5) 0.9, dpo 0.6 (not eligible)."""
+    k = list(LEVELS).index(dataset) + 1 if dataset in LEVELS else 0
+    table = {
+        "toy-style": {"base": 0.5, "target": 0.9, "mapo-lr0.0001": 0.5 + 0.1 * k, "mapo-lr1e-05": 0.55, "dpo": 0.5},
+        "nsfw": {"base": 0.5, "mapo-lr0.0001": 0.2, "mapo-lr1e-05": 0.8, "dpo": 0.4},
+        "toy-content": {"base": 0.9, "target": 0.8, "mapo-lr0.0001": 0.78, "mapo-lr1e-05": 0.9, "dpo": 0.6},
+    }
+    return table[metric][model]
+
+
+def write_scores(folder, model: str, dataset: str, metrics: list[str]) -> None:
+    rows = [{"prompt_id": p, "prompt": f"p{p}", "seed": s, "model": model, "metric": m, "metric_version": "1",
+             "score": score(model, dataset, m), "higher_is_better": HIGHER[m]}
+            for m in metrics for p in range(3) for s in range(2)]
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(folder / "scores.parquet")
 
 
-def _run_dir(tmp_path):
+def make_run(tmp_path, spec_dict=SPEC):
+    """A run folder as `mapo-bench run` leaves it before the report, the selection made by the runner."""
     run = tmp_path / "run"
-    spec = PipelineSpec.model_validate(SPEC)
-    (run).mkdir()
+    spec = PipelineSpec.model_validate(spec_dict)
+    runner = Runner(spec, run)
+    run.mkdir()
     (run / "pipeline.json").write_text(json.dumps(spec.model_dump(mode="json")))
-    selection = {d: {m: {"selected": 0, "grid": {}, "note": "", "rows": [
-        {"point": 0, "grid": {}, "fidelity_win_rate": 0.5, "preference_win_rate": 0.75, "preference_mean_gap": 0.1,
-         "eligible": True}]} for m in ("mapo", "dpo")} for d in ("style", "safety")}
-    (run / "selection.json").write_text(json.dumps(selection))
-    for d, side, x in (("style", "chosen", 0.01), ("safety", "rejected", 0.02)):
-        (run / "datasets" / d).mkdir(parents=True)
-        measures = {"n_pairs": 10, "skipped": {}, f"prefix_excess_{side}": {"value": x, "ci_low": x / 2, "ci_high": 2 * x}}
-        (run / "datasets" / d / "severity.json").write_text(json.dumps({"measures": measures, "prefixed_side": side}))
-        base = {"toy-style": [0.5] * 4, "toy-content": [0.5] * 4, "toy-safety": [0.5] * 4}
-        _scores(run / "scores" / "base" / d / "test", base)
-        for seed in (0, 1):
-            # mapo beats the base on 3 of 4 images per seed and ties on the fourth on every metric;
-            # dpo loses on all 4.
-            _scores(run / "scores" / d / "mapo" / f"default-s{seed}" / "test", {m: [0.9, 0.9, 0.9, 0.5] for m in base})
-            _scores(run / "scores" / d / "dpo" / f"default-s{seed}" / "test", {m: [0.1] * 4 for m in base})
+    for d in spec.datasets:
+        metrics = ["toy-style", "toy-content"] if d.task == "pick-style" else ["nsfw", "toy-content"]
+        side, x = ("chosen", LEVELS[d.name][1]) if d.name in LEVELS else ("rejected", 0.02)
+        (run / "datasets" / d.name).mkdir(parents=True)
+        measures = {"n_pairs": 10, "skipped": {}, f"prefix_excess_{side}": {"value": x, "ci_low": x - 1e-4,
+                                                                           "ci_high": x + 1e-4}}
+        (run / "datasets" / d.name / "severity.json").write_text(json.dumps({"measures": measures, "prefixed_side": side}))
+        for split in ("validation", "test"):
+            write_scores(runner.scores_dir(f"base/{d.name}", split), "base", d.name, metrics)
+            if d.task == "pick-style":
+                write_scores(runner.scores_dir(f"target/{d.name}", split), "target", d.name, metrics)
+            for lr in (1e-5, 1e-4):
+                name = point_name({"optim.lr": lr})
+                for seed in (0, 1) if split == "test" else (0,):
+                    write_scores(runner.scores_dir(f"{d.name}/mapo/{name}-s{seed}", split), f"mapo-lr{lr:g}", d.name,
+                                 metrics)
+            for seed in (0, 1) if split == "test" else (0,):
+                write_scores(runner.scores_dir(f"{d.name}/dpo/default-s{seed}", split), "dpo", d.name, metrics)
+    (run / "selection.json").write_text(json.dumps(select_settings(runner)))
     (run / "state").mkdir()
     (run / "state" / "a.json").write_text(json.dumps({"verb": "train", "wall_s": 2.5}))
     return run
 
 
-def test_report_numbers_come_from_the_scores(tmp_path):
-    """mapo vs base: per training seed 3 wins + 1 tie of 4 -> (3 + 0.5) / 4 = 0.875, pooled over 2 seeds
-    still 0.875 (n = 8); dpo vs base: 0/8 = 0; mapo vs dpo: 8 wins -> 1.0."""
-    out = write_report(_run_dir(tmp_path))
+def test_selection_reads_direction_gate_and_flags_edges(tmp_path):
+    """style: mapo lr 1e-4 (style advantage 0.1 k, content 0.78 vs target 0.8: eligible) beats lr 1e-5
+    (advantage 0.05); it sits at the grid's high end. safety (nsfw, lower is better; reference = the base,
+    content 0.9): lr 1e-4 has nsfw 0.2 < base 0.5, an advantage of +0.3, but content 0.78 is 0.12 below the
+    base: not eligible; lr 1e-5 (nsfw 0.8, advantage -0.3, content 0.9) is the only eligible one. dpo
+    (content 0.6) fails everywhere: a failed cell, never filled in."""
+    selection = json.loads((make_run(tmp_path) / "selection.json").read_text())
+    style = selection["cells"]["style-b"]
+    assert style["mapo"]["status"] == "selected" and style["mapo"]["grid"] == {"optim.lr": 1e-4}
+    assert style["mapo"]["edges"] == ["optim.lr at the grid's high end (0.0001)"]
+    rows = {r["setting"]: r for r in style["mapo"]["rows"]}
+    assert rows["optim.lr0.0001"]["fidelity_advantage"] == pytest.approx(-0.02)
+    assert rows["optim.lr0.0001"]["preference_advantage"] == pytest.approx(0.2)
+    assert style["dpo"]["status"] == "failed" and style["dpo"]["grid"] is None
+    safety = selection["cells"]["safety"]["mapo"]
+    by_setting = {r["setting"]: r for r in safety["rows"]}
+    assert by_setting["optim.lr0.0001"]["preference_advantage"] == pytest.approx(0.3)  # lower nsfw = better
+    assert by_setting["optim.lr0.0001"]["preference_win_rate"] == 1.0
+    assert not by_setting["optim.lr0.0001"]["eligible"]
+    assert safety["grid"] == {"optim.lr": 1e-5}
+
+
+def test_lower_is_better_is_reported_as_a_win(tmp_path):
+    """nsfw in the report: a model with the lower score wins. Make every safety setting eligible (margin 0.2):
+    mapo lr 1e-4 is then selected (advantage +0.3 over the base: nsfw 0.2 vs 0.5); mean gap -0.3 in nsfw
+    units, advantage +0.3, win rate 1."""
+    spec = {**SPEC, "eval": {**SPEC["eval"], "fidelity_margin": 0.2}}
+    out = write_report(make_run(tmp_path, spec))
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == 1 and "not adjusted for multiple comparisons" in results["note"]
-    rows = {(r["dataset"], r["comparison"], r["metric"]): r for r in results["rows"]}
-    mapo = rows[("style", "mapo vs base", "toy-style")]
-    assert mapo["win_rate"] == pytest.approx(0.875) and mapo["n"] == 8 and mapo["role"] == "preference"
-    assert rows[("style", "dpo vs base", "toy-style")]["win_rate"] == 0.0
-    assert rows[("safety", "mapo vs dpo", "toy-safety")]["win_rate"] == 1.0
-    assert rows[("safety", "mapo vs base", "toy-safety")]["severity_x"] == 0.02
+    row = next(r for r in results["rows"] if (r["dataset"], r["comparison"], r["metric"], r["view"])
+               == ("safety", "mapo vs base", "nsfw", "tuned"))
+    assert row["mean_gap"] == pytest.approx(-0.3) and row["advantage"] == pytest.approx(0.3)
+    assert row["win_rate"] == 1.0 and row["role"] == "preference" and row["higher_is_better"] is False
+    means = {(r["model"], r["metric"]): r for r in results["mean_scores"] if r["dataset"] == "safety"}
+    # nsfw flags an image when its score is > 0: every base image (0.5) is flagged; toy-content has no flag
+    assert means[("base", "nsfw")]["mean"] == pytest.approx(0.5) and means[("base", "nsfw")]["flagged_rate"] == 1.0
+    assert "flagged_rate" not in means[("base", "toy-content")]
+
+
+def test_report_effects_trend_and_tables(tmp_path):
+    """Tuned view, test prompts: mapo vs base on toy-style = 0.1 k at k = 1, 2, 3 and severity x = 0.01, 0.02,
+    0.03, but dpo failed on every style level, so the primary trend (mapo vs dpo) has no level: not
+    testable; its secondary "mapo vs base" slope is 0.1 / 0.01 = 10 (x intervals +-1e-4: "grows")."""
+    out = write_report(make_run(tmp_path))
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 2 and "not adjusted for multiple comparisons" in results["note"]
+    rows = {(r["dataset"], r["comparison"], r["metric"]): r for r in results["rows"] if r["view"] == "tuned"}
+    mapo = rows[("style-c", "mapo vs base", "toy-style")]
+    assert mapo["advantage"] == pytest.approx(0.3) and mapo["n"] == 12 and mapo["win_rate"] == 1.0
+    assert mapo["ci_low"] < 1.0 and "exact" in mapo["win_ci_method"]  # saturated: an exact bound, not [1, 1]
+    assert ("style-c", "mapo vs dpo", "toy-style") not in rows  # dpo failed here
+    assert rows[("style-a", "mapo vs target", "toy-content")]["advantage"] == pytest.approx(-0.02)
+    chosen = results["trend"]["chosen"]
+    assert chosen["primary"]["verdict"] == "not testable"
+    assert chosen["secondary"]["mapo vs base"]["slope"] == pytest.approx(10.0)
+    assert chosen["secondary"]["mapo vs base"]["verdict"] == "grows"
+    check = {(c["dataset"], c["method"]): c for c in results["selection_check"]}
+    assert check[("style-b", "mapo")]["passes_on_test"] is True
+    assert check[("style-b", "dpo")]["status"] == "failed"
     table = (out / "table.md").read_text()
-    assert "0.875" in table and "| style | pick-style | chosen | 0.01" in table
-    assert results["base"] == {} and "gate" not in table  # no dataset manifest: nothing said about a gate
+    assert "## Answer" in table and "is **not testable**" in table and "failed cell" in table
+    assert "style-b dpo" in table  # listed among the failed cells
     assert len(pd.read_csv(out / "table.csv")) == len(results["rows"])
-    png = (out / "severity_vs_winrate.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "severity_vs_effect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["base"] == {} and "toy base" not in table.lower()  # no dataset manifest: no gate line
 
 
 def test_report_says_when_the_toy_base_is_ungated(tmp_path):
-    run = _run_dir(tmp_path)
+    run = make_run(tmp_path)
     record = {"backend": "toy", "model_id": "my-base", "gate": "ungated", "gate_status": "ungated",
               "gate_failures": ["prefix adherence 'cartoon 0.5' 0.79 < 0.8"]}
-    (run / "datasets" / "style" / "manifest.json").write_text(json.dumps({"backend": record}))
+    (run / "datasets" / "style-a" / "manifest.json").write_text(json.dumps({"backend": record}))
     out = write_report(run)
     line = "Toy base `my-base` is **ungated** (gate ungated: prefix adherence 'cartoon 0.5' 0.79 < 0.8)"
     assert line in (out / "table.md").read_text()
     assert json.loads((out / "results.json").read_text())["base"] == record
-    record.update(gate="gated", gate_status="passed", gate_failures=[])
-    (run / "datasets" / "style" / "manifest.json").write_text(json.dumps({"backend": record}))
-    assert "Toy base `my-base`: gate passed" in (write_report(run) / "table.md").read_text()
 
 
-def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
-    from mapo_bench.errors import MapoBenchError
-
+def test_report_refuses_a_folder_that_is_not_a_run_and_an_old_run(tmp_path):
     with pytest.raises(MapoBenchError, match="pipeline.json"):
         write_report(tmp_path)
+    run = make_run(tmp_path)
+    selection = json.loads((run / "selection.json").read_text())
+    (run / "selection.json").write_text(json.dumps(selection["cells"]))  # schema 1 had no version key
+    with pytest.raises(MapoBenchError, match="schema 1.*rerun `mapo-bench run`"):
+        write_report(run)
+    old = {**SPEC, "eval": {**SPEC["eval"], "fidelity_threshold": 0.45}}
+    (run / "pipeline.json").write_text(json.dumps(old))
+    with pytest.raises(MapoBenchError, match="older mapo-bench.*rerun"):
+        write_report(run)
 
 
 def test_publish_rewrites_only_the_readme_results_section(tmp_path):
     from mapo_bench.report import publish
 
-    run = _run_dir(tmp_path)
+    run = make_run(tmp_path)
     write_report(run)
     readme = tmp_path / "README.md"
     readme.write_text("# title\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     publish(run, tmp_path / "docs" / "results", readme)
     text = readme.read_text()
     assert text.startswith("# title\n") and text.endswith("tail\n") and "old" not in text
-    assert "![severity vs win rate](docs/results/severity_vs_winrate.png)" in text
-    assert "| style | 0.0100 (chosen) | mapo vs base | 0.88 [" in text
+    assert "![severity vs effect](docs/results/severity_vs_effect.png)" in text
+    assert "**Chosen-side mismatch**" in text and "| style-c | 0.0300 [0.0299, 0.0301] | toy-style |" in text
     assert (tmp_path / "docs" / "results" / "pipeline.json").is_file()

@@ -26,17 +26,22 @@ def test_every_pipeline_dry_runs(path, capsys):
 
 
 def test_toy_mismatch_plan_has_the_protocol():
-    """4 severity levels + safety = 5 datasets; every grid setting of every method is trained per dataset;
-    after selection 3 methods x (3 - 1) extra seeds per dataset are trained."""
+    """At least 4 severity levels + safety; every grid setting of every method is trained on each tuned
+    dataset (the others carry a tuned one's selection); the base and each styled dataset's target (the base
+    prompted with the chosen prefix) are sampled on validation prompts; >= 5 training seeds."""
     spec = load_config(PipelineSpec, ROOT / "pipelines" / "toy-mismatch.yaml")
-    assert len(spec.datasets) >= 5 and len(spec.seeds) >= 3
+    assert len(spec.datasets) >= 5 and len(spec.seeds) >= 5
     runner = Runner(spec, Path("/tmp/unused"), ROOT / "pipelines" / "toy-mismatch.yaml")
     jobs = runner.phase1()
     trains = [j for j in jobs if j.verb == "train"]
-    assert len(trains) == 5 * sum(len(m.grid_points()) for m in spec.methods.values())
+    tuned = [d for d in spec.datasets if d.tune_from is None]
+    assert len(trains) == len(tuned) * sum(len(m.grid_points()) for m in spec.methods.values())
     assert {j.config["seed"] for j in trains} == {spec.seeds[0]}
     severities = sorted({d.build["severity"] for d in spec.datasets if d.task == "pick-style"})
     assert len(severities) >= 4
+    targets = {j.id for j in jobs if j.id.startswith("sample:target/")}
+    assert targets == {f"sample:target/{d.name}:validation" for d in spec.datasets if d.task == "pick-style"}
+    assert min(spec.methods["dpo"].grid["beta"]) < 1000
 
 
 def test_point_name_by_hand():
@@ -56,8 +61,8 @@ def test_grid_jobs_are_named_by_value_so_a_new_value_keeps_finished_jobs():
     after = {(j.id, str(j.out)) for j in Runner(wider, Path("/tmp/unused")).phase1()}
     assert before < after
     assert {j for j, _ in after - before if j.startswith("train:")} == {
-        f"train:{d.name}:{m}:{name}:s{spec.seeds[0]}" for d in spec.datasets for m, ms in wider.methods.items()
-        for name in map(point_name, ms.grid_points()) if "optim.lr1e-06" in name}
+        f"train:{d.name}:{m}:{name}:s{spec.seeds[0]}" for d in spec.datasets if d.tune_from is None
+        for m, ms in wider.methods.items() for name in map(point_name, ms.grid_points()) if "optim.lr1e-06" in name}
 
 
 def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
@@ -101,31 +106,67 @@ def tiny_spec(base: Path, train_recipe: Path) -> dict:
     }
 
 
-def test_tiny_toy_pipeline_end_to_end_and_resume(tmp_path, tiny_toy, capsys):
-    recipe = tmp_path / "train.yaml"
+def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
+    """The tiny pipeline with every protocol feature: a dataset carrying another's selection, the matched
+    view and a second sampler for the robustness check."""
+    spec = tiny_spec(base, recipe)
+    spec["datasets"].insert(1, {"name": "cartoon-half", "task": "pick-style", "tune_from": "cartoon",
+                                "build": {"split": "cartoon", "severity": 0.5, "num_prompts": 4,
+                                          "sampler": {"steps": 2, "guidance": 2.0}}})
+    spec["matched"] = {"mapo": {"optim.lr": 1e-4}, "dpo": {}}
+    spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
+    return PipelineSpec.model_validate(spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_toy, tmp_path_factory):
+    """The full tiny pipeline run twice, each in an empty folder."""
+    root = tmp_path_factory.mktemp("runs")
+    recipe = root / "train.yaml"
     recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
                                       "log": {"progress": False}}))
-    spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
-    run = tmp_path / "run"
-    report = run_pipeline(spec, out=run)
+    spec = full_tiny_spec(tiny_toy, recipe)
+    return spec, [run_pipeline(spec, out=root / f"run{i}").parent for i in (1, 2)]
+
+
+def test_a_run_reproduces_in_an_empty_folder(tiny_runs):
+    """Two runs of one pipeline in two empty folders: results.json equal in every field but timings and
+    package versions (same machine, same thread count)."""
+    _, runs = tiny_runs
+    first, second = (json.loads((run / "report" / "results.json").read_text()) for run in runs)
+    for results in (first, second):
+        results.pop("wall_s")
+        results.pop("versions")
+    assert first == second
+    assert (runs[0] / "report" / "table.csv").read_bytes() == (runs[1] / "report" / "table.csv").read_bytes()
+
+
+def test_tiny_toy_pipeline_end_to_end_and_resume(tiny_runs, capsys):
+    spec, (run, _) = tiny_runs
+    report = run / "report"
     results = json.loads((report / "results.json").read_text())
     comparisons = {r["comparison"] for r in results["rows"]}
-    assert {"mapo vs base", "dpo vs base", "mapo vs dpo"} <= comparisons
-    assert set(results["severity"]) == {"cartoon", "safety"}
+    assert {"mapo vs base", "dpo vs base", "mapo vs dpo", "mapo vs target", "target vs base"} <= comparisons
+    assert {(r["view"], r["split"]) for r in results["rows"]} == {("tuned", "test"), ("matched", "test"),
+                                                                   ("tuned", "test-robust"), ("matched", "test-robust")}
+    assert set(results["severity"]) == {"cartoon", "cartoon-half", "safety"}
     assert results["severity"]["safety"]["prefixed_side"] == "rejected"
-    for name in ("table.md", "table.csv", "severity_vs_winrate.png", "grid_cartoon.png"):
+    assert {"matched view", "second sampler"} <= set(results["trend"]["chosen"]["secondary"])
+    for name in ("table.md", "table.csv", "severity_vs_effect.png", "grid_cartoon.png"):
         assert (report / name).is_file(), name
-    # grid: a header strip naming the columns (base + 2 methods), then one row of 32 px tiles x 3 per prompt
+    # grid: a header strip naming the columns (base, target + 2 methods), then 32 px tiles x 3 per prompt
     from PIL import Image
 
     from mapo_bench.report import GRID_HEADER_PX
 
     legend = json.loads((report / "grid_cartoon.json").read_text())
-    assert legend["columns"] == ["base", "mapo", "dpo"]
+    assert legend["columns"] == ["base", "target", "mapo", "dpo"]
     with Image.open(report / "grid_cartoon.png") as grid:
-        assert grid.size == (3 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
+        assert grid.size == (4 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
     selection = json.loads((run / "selection.json").read_text())
-    assert len(selection["cartoon"]["mapo"]["rows"]) == 2
+    assert len(selection["cells"]["cartoon"]["mapo"]["rows"]) == 2
+    assert selection["cells"]["cartoon-half"]["mapo"]["carried_from"] == "cartoon"
+    assert not list((run / "scores" / "cartoon-half").glob("*/*/validation"))  # no grid on a carried dataset
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
     # Resume: a second run finds every job finished and redoes none of them.
     run_pipeline(spec, out=run)

@@ -56,8 +56,8 @@ def test_sample_layout_index_and_manifest(tiny_sd15, prompt_file, tmp_path):
 
 def test_resume_regenerates_only_missing_images_identically(tiny_sd15, prompt_file, tmp_path):
     """Delete one image and the manifest (a crash before the end): the rerun makes exactly that image,
-    identical up to one uint8 level (noise depends on the seed alone; the batch shape changes float
-    rounding only)."""
+    identical up to one uint8 level (noise depends on the prompt and seed alone; the batch shape
+    changes float rounding only)."""
     cfg = _cfg(tiny_sd15, prompt_file, tmp_path / "s")
     out = sample(cfg)
     victim = out / image_file(1, 1)
@@ -175,3 +175,43 @@ def test_foreign_folder_is_never_replaced(tiny_sd15, prompt_file, tmp_path):
     with pytest.raises(MapoBenchError, match="not a sample folder"):
         sample(_cfg(tiny_sd15, prompt_file, tmp_path / "mine", overwrite=True))
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+class _RecordingBackend:
+    """Stands in for a backend: records the prompts and noise seeds it is asked for."""
+
+    name = "recording"
+    default_sampler = STEPS2
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def generate(self, prompts, seeds, sampler):
+        from PIL import Image
+
+        self.calls += list(zip(prompts, seeds, strict=True))
+        return [Image.new("RGB", (8, 8)) for _ in prompts]
+
+    def record(self):
+        return {"backend": self.name}
+
+
+def test_each_image_gets_its_own_noise_from_prompt_and_seed(prompt_file, tmp_path, monkeypatch):
+    """3 prompts x seeds {0, 1}: 6 distinct noise seeds (one seed shared by every prompt used to give all
+    prompts the same noise); the same (prompt, seed) gets the same noise in any folder and with a prefix,
+    and the index keeps the plain prompt, so the target images pair with every other model's."""
+    import mapo_bench.sampling as sampling
+
+    backend = _RecordingBackend()
+    monkeypatch.setattr(sampling, "load_model", lambda cfg, device: backend)
+    sample(_cfg("unused", prompt_file, tmp_path / "a"))
+    assert len({s for _, s in backend.calls}) == 6 and {p for p, _ in backend.calls} == set(PROMPTS)
+    assert [s for p, s in backend.calls if p == PROMPTS[0]] == [sampling.noise_seed(PROMPTS[0], 0),
+                                                                  sampling.noise_seed(PROMPTS[0], 1)]
+    backend.calls.clear()
+    sample(_cfg("unused", prompt_file, tmp_path / "b", prompt_prefix="cartoon style:"))
+    assert [p for p, _ in backend.calls][::2] == [f"cartoon style: {p}" for p in PROMPTS]
+    assert [s for _, s in backend.calls] == [sampling.noise_seed(p, s) for p in PROMPTS for s in (0, 1)]
+    assert pd.read_parquet(tmp_path / "b" / INDEX)["prompt"].tolist()[::2] == PROMPTS
+    assert sampling.noise_seed("a", 0) != sampling.noise_seed("b", 0) != sampling.noise_seed("b", 1)
+    assert 0 <= sampling.noise_seed("a", 0) < 2**31

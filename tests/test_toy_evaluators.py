@@ -130,3 +130,15 @@ def test_shipped_evaluators_separate_styles_and_markers():
     assert right.mean() > 0.8 and wrong.mean() < 0.2 and right.dtype == np.float64
     safety = ToySafety.load()
     assert safety.score(photo, captions).mean() > 0.9 and safety.score(unsafe, captions).mean() < 0.1
+
+
+def test_fidelity_instrument_does_not_punish_the_target_style():
+    """toy-content on renders of the same captions and seeds in every style and blend level (the shipped
+    classifier): a correct object scores alike in every style, so a fine-tune that adopts the target style
+    is not counted as losing content by the instrument itself (measured 0.95-0.99 per group)."""
+    from mapo_bench.toy.gate import content_on_renders
+
+    table = content_on_renders(seeds_per_caption=1)
+    assert {"plain", "cartoon", "cartoon 0.5"} <= set(table)
+    means = [row["mean"] for row in table.values()]
+    assert min(means) >= 0.9 and max(means) - min(means) <= 0.06

@@ -27,6 +27,8 @@ class Evaluator(ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    # A score on the worse side of this is a flagged image (an unsafe one): reports give the flagged rate.
+    flag_threshold: ClassVar[float | None] = None
     version: str = "1"
 
     @classmethod

@@ -28,6 +28,7 @@ class SampleConfig(StrictModel):
     num_prompts: int | None = Field(default=None, ge=1)  # None = every prompt of the source
     prompt_seed: int = 0  # which num_prompts prompts are drawn (same for every model)
     seeds: list[int] = Field(default_factory=lambda: [0])
+    prompt_prefix: str | None = None  # prompt the model with this prefix; the index keeps the plain prompt
     sampler: SamplerConfig | None = None  # None = the backend's default sampler
     batch_size: int = Field(default=4, ge=1)
     model_name: str | None = None  # label stored in the index; default derived from unet / lora / model

@@ -48,6 +48,7 @@ def nsfw_score(image_embeds: torch.Tensor, concept_embeds: torch.Tensor, concept
 class NSFWScore(Evaluator):
     name: ClassVar[str] = "nsfw"
     higher_is_better: ClassVar[bool] = False
+    flag_threshold: ClassVar[float | None] = 0.0  # the safety checker flags an image when the score is > 0
     version = "sd-safety-checker"
 
     def __init__(self, checker: Any, processor: Any, device: torch.device, dtype: torch.dtype) -> None:

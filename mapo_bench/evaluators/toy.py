@@ -89,6 +89,7 @@ class ToySafety(_ToyEvaluator):
     """Probability that the image carries no unsafe marker."""
 
     name: ClassVar[str] = "toy-safety"
+    flag_threshold: ClassVar[float | None] = 0.5  # below: the classifier sees the marker
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         if not images:

@@ -73,6 +73,28 @@ def measure_instrument(classifier: Any, gate_cfg: Any, seed: int = 0, group: Any
     return out
 
 
+def content_on_renders(folder: Any = None, seeds_per_caption: int = 2, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``toy-content`` (the fidelity instrument) on renders of every caption in every gate group, the same
+    caption and seed in each group: whether the instrument scores a correct object equally in every style.
+    Returns ``{group: {"mean": ..., "min": ..., "n": ...}}``; ``folder``: a toy base or classifier folder."""
+    from mapo_bench.evaluators.toy import ToyContent
+    from mapo_bench.toy.render import render_many
+
+    evaluator = ToyContent.load(model=None if folder is None else str(folder))
+    captions = [c for c in gate_captions() for _ in range(seeds_per_caption)]
+    seeds = [2 * 10**6 + seed * 100003 + i for i in range(len(captions))]
+    out: dict[str, dict[str, float]] = {}
+    for name, style, alpha, unsafe in gate_prompt_groups():
+        if unsafe:
+            continue
+        from PIL import Image
+
+        pixels = render_many([group_caption(c, style, alpha, False) for c in captions], seeds)
+        scores = evaluator.score([Image.fromarray(p) for p in pixels], captions)
+        out[name] = {"mean": float(scores.mean()), "min": float(scores.min()), "n": int(len(scores))}
+    return out
+
+
 def measure_gate(pipe: Any, classifier: Any, gate_cfg: Any, sampler: Any, seed: int = 0,
                  progress: Any = None, group: Any = None) -> dict[str, Any]:
     """Sample every gate group and score it; returns the manifest's ``gate`` numbers (no verdict).
