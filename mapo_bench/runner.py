@@ -398,6 +398,13 @@ def reference_scores(runner: Runner, d: DatasetSpec, split: str) -> Any:
     return read_scores(runner.scores_dir(f"base/{d.name}", split))
 
 
+def best_eligible(rows: list[dict[str, Any]], margin: float) -> dict[str, Any] | None:
+    """The row with the largest preference advantage among those within ``margin`` of the fidelity
+    reference (ties broken by fidelity); None when no row is."""
+    eligible = [r for r in rows if r["fidelity_advantage"] >= -margin]
+    return max(eligible, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"])) if eligible else None
+
+
 def select_settings(runner: Runner) -> dict[str, Any]:
     """Per dataset and method, on validation prompts (first seed): every grid setting's fidelity gate and
     preference effect, and the selected setting: the largest preference advantage over the base among
@@ -423,10 +430,11 @@ def select_settings(runner: Runner) -> dict[str, Any]:
                 rows.append({"setting": point_name(values), "grid": values,
                              **fidelity_check(scores, reference, ev, ev.resamples, ev.bootstrap_seed),
                              "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]})
-            eligible = [r for r in rows if r["eligible"]]
-            cell: dict[str, Any] = {"rows": rows, "preference_metric": preference, "fidelity_metric": ev.fidelity_metric}
-            if eligible:
-                best = max(eligible, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"]))
+            best = best_eligible(rows, ev.fidelity_margin)
+            cell: dict[str, Any] = {"rows": rows, "preference_metric": preference, "fidelity_metric": ev.fidelity_metric,
+                                    "margin_sensitivity": {f"{m:g}": (best_eligible(rows, m) or {}).get("setting")
+                                                           for m in (ev.fidelity_margin / 2, ev.fidelity_margin * 2)}}
+            if best is not None:
                 cell.update({"status": "selected", "setting": best["setting"], "grid": best["grid"],
                              "edges": grid_edges(best["grid"], method_spec.grid)})
             else:
