@@ -279,6 +279,24 @@ def toy_pretrain(
     _print_path("toy assets:", api.toy_pretrain(config, _sugar(overrides, out=out)))
 
 
+@toy_app.command("instrument")
+def toy_instrument(
+    model: Annotated[str | None, typer.Option(help="toy base or classifier folder (default: the shipped one)")] = None,
+    seeds_per_caption: Annotated[int, typer.Option(help="renders per caption and group")] = 2,
+) -> None:
+    """The fidelity instrument (toy-content) on renders of every caption in every style and blend level,
+    printed as a markdown table: a correct object should score alike in every style.
+
+    Example: mapo-bench toy instrument
+    """
+    from mapo_bench.toy.gate import content_on_renders
+
+    table = content_on_renders(model, seeds_per_caption=seeds_per_caption)
+    typer.echo("| group | toy-content mean | min | renders |\n|---|---|---|---|")
+    for name, row in table.items():
+        typer.echo(f"| {name} | {row['mean']:.3f} | {row['min']:.3f} | {row['n']} |")
+
+
 @app.command("ls")
 def list_things(
     what: Annotated[str, typer.Argument(help="tasks | backends | methods | evaluators | recipes | pipelines")],

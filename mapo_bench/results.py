@@ -24,6 +24,7 @@ from mapo_bench.pipeline import point_name
 
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
+DIAGNOSTICS = ("reference_error",)  # severity.json entries that describe the images, not their mismatch
 UNADJUSTED_NOTE = ("95% intervals come from a two-way bootstrap over training seeds and prompts (sampling seeds "
                    "nested in prompts); they are not adjusted for multiple comparisons.")
 
@@ -244,7 +245,8 @@ def trends(spec: Any, severity: dict[str, Any], rows: list[dict[str, Any]], draw
         for comparison in ("mapo vs base", "dpo vs base", "sft vs base"):
             tests.append((comparison, levels(side, comparison, "test", "tuned"), "advantage", x_name))
         measures = sorted({k.rsplit("_", 1)[0] for s in severity.values() for k, v in s["measures"].items()
-                           if isinstance(v, dict) and "value" in v and k.endswith(f"_{side}")} - {ev.severity_measure})
+                           if isinstance(v, dict) and "value" in v and k.endswith(f"_{side}")}
+                          - {ev.severity_measure, *DIAGNOSTICS})
         for measure in measures:
             tests.append((f"x = {measure}_{side}", levels(side, "mapo vs dpo", "test", "tuned", measure=measure),
                           "advantage", f"{measure}_{side}"))

@@ -1,12 +1,14 @@
 """`mapo-bench run`: expand a PipelineSpec into stage jobs, run them (resumably, in parallel), report.
 
-Phase 1: build and measure every dataset; sample and score the base; train every grid setting of every
-method on the first seed and score it on validation prompts. Selection: per dataset and method, the best
-setting by the task's preference metric among those whose content-fidelity win rate against the base is
-at least the threshold (DESIGN.md section 5b). Phase 2: the selected setting on every seed, scored on
-test prompts. Then the report. Each job writes its stage config to ``configs/<job>.yaml`` (so
-``--emit-commands`` can hand it to a scheduler) and a marker to ``state/<job>.json`` when it finishes; a
-job whose marker matches its config is skipped, so an interrupted run resumes where it stopped.
+Phase 1: build and measure every dataset; sample and score the base, and each dataset's target (the base
+prompted with the task's chosen prefix); train every grid setting of every method on the first seed of
+each tuned dataset and score it on validation prompts. Selection: per dataset and method, the largest
+preference advantage over the base among the settings whose mean fidelity is within the pipeline's
+margin of the target's (DESIGN.md section 5b); no such setting is a failed cell. Phase 2: the selected
+settings (and the matched view) on every seed, scored on test prompts (and at the second sampler).
+Then the report. Each job writes its stage config to ``configs/<job>.yaml`` (so ``--emit-commands`` can
+hand it to a scheduler) and a marker to ``state/<job>.json`` when it finishes; a job whose marker
+matches its config is skipped, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
