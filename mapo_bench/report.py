@@ -37,11 +37,11 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     """The verdict per mismatch side, with its numbers, generated from the trend block."""
     ev = results["config"]["eval"]
     lines = []
-    for side, block in results["trend"].items():
+    for block in results["trend"].values():
         p = block["primary"]
-        metric = {"chosen": "the Pick-Style-like", "rejected": "the Pick-Safety-like"}[side]
-        head = (f"**{side.capitalize()}-side mismatch** ({metric} datasets, {p['n_levels']} level(s), x = "
-                f"`{p['severity_measure']}`): the MaPO - Diffusion-DPO advantage on the preference metric "
+        kind = {"chosen": "Pick-Style-like", "rejected": "Pick-Safety-like"}[p["side"]]
+        head = (f"**{p['side'].capitalize()}-side mismatch** ({kind} datasets, {p['n_levels']} level(s), x = "
+                f"`{p['severity_measure']}`): the MaPO - Diffusion-DPO advantage on `{p['metric']}` "
                 f"{VERDICT_TEXT[p['verdict']]} with severity")
         if p["slope"] is None:
             lines.append(f"- {head} ({p['reason']}).")
@@ -141,7 +141,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     order = {"preference": 0, "fidelity": 1, "other": 2}
     for r in sorted(results["rows"], key=lambda r: (r["split"], r["view"], r["dataset"], order[r["role"]], r["metric"],
                                                     r["comparison"])):
-        t = "-" if r.get("gap_seed_t_low") is None else f"[{r['gap_seed_t_low']:+.3f}, {r['gap_seed_t_high']:+.3f}]"
+        t = "-" if r.get("advantage_seed_t_low") is None else \
+            f"[{r['advantage_seed_t_low']:+.3f}, {r['advantage_seed_t_high']:+.3f}]"
         lines.append(f"| {r['split']} | {r['view']} | {r['dataset']} | {r['comparison']} | {r['metric']} | {r['role']} "
                      f"| {fmt_ci(r['advantage'], r['advantage_ci_low'], r['advantage_ci_high'])} | {t} "
                      f"| {fmt_ci(r['win_rate'], r['ci_low'], r['ci_high'], 2, signed=False)} | {r['n']} "
@@ -237,10 +238,9 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
                 for x, y, r in zip(xs, ys, points, strict=True):
                     ax.annotate(r["dataset"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        block = results["trend"].get(side)
-        verdict = f" - trend: {block['primary']['verdict']}" if block else ""
-        ax.set_title(title + verdict, fontsize=10)
-        measure = rows[0] and results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"
+        verdicts = [b["primary"]["verdict"] for b in results["trend"].values() if b["primary"]["side"] == side]
+        ax.set_title(title + (f" - trend: {', '.join(verdicts)}" if verdicts else ""), fontsize=10)
+        measure = results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"
         ax.set_xlabel(f"{measure} of the {side} side (95% CI)")
         ax.set_ylabel("mean preference advantage (metric units, 95% CI)")
         if rows:

@@ -24,6 +24,7 @@ from mapo_bench.pipeline import point_name
 
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
+ORDER = ("mapo", "dpo", "sft")  # comparison direction: "mapo vs dpo" whatever the pipeline's order
 DIAGNOSTICS = ("reference_error",)  # severity.json entries that describe the images, not their mismatch
 UNADJUSTED_NOTE = ("95% intervals come from a two-way bootstrap over training seeds and prompts (sampling seeds "
                    "nested in prompts); they are not adjusted for multiple comparisons.")
@@ -109,8 +110,10 @@ def dataset_models(runner: Any, d: Any, selection: dict[str, Any], split: str) -
 
 
 def comparisons_of(models: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
-    """Each method against the base and the target, and each pair of methods; the target against the base."""
-    present = [m for m in methods if m in models]
+    """Each method against the base and the target, and each pair of methods (MaPO first, then DPO, then
+    the rest in pipeline order, whatever order the pipeline lists them in); the target against the base."""
+    present = sorted((m for m in methods if m in models), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER),
+                                                                         methods.index(m)))
     pairs = [(m, "base") for m in present]
     pairs += [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
     if "target" in models:
@@ -121,7 +124,7 @@ def comparisons_of(models: dict[str, Any], methods: list[str]) -> list[tuple[str
 def build_results(run_dir: Path) -> dict[str, Any]:
     """Collect severity, selection (with its test check), every comparison, mean scores and the trend."""
     from mapo_bench.runner import Runner
-    from mapo_bench.stats import compare_frames, read_scores
+    from mapo_bench.stats import BOOTSTRAP_UNIT, compare_frames, read_scores
 
     run_dir = Path(run_dir)
     spec, selection = load_run(run_dir)
@@ -160,8 +163,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                                      "metric": metric, "role": role, **_public(result)})
     results = {"schema_version": SCHEMA_VERSION, "pipeline": spec.name, "config": spec.model_dump(mode="json"),
                "versions": package_versions(), "base": base_record(run_dir, spec),
-               "bootstrap": {"resamples": ev.resamples, "seed": ev.bootstrap_seed,
-                             "unit": "two-way: training seeds x prompts, sampling seeds nested in prompts"},
+               "bootstrap": {"resamples": ev.resamples, "seed": ev.bootstrap_seed, "unit": BOOTSTRAP_UNIT},
                "note": UNADJUSTED_NOTE, "severity": severity, "selection": selection,
                "selection_check": selection_check(runner, selection, rows),
                "rows": rows, "mean_scores": means, "wall_s": wall_times(run_dir)}
@@ -187,10 +189,12 @@ def severity_records(run_dir: Path, spec: Any) -> dict[str, Any]:
 
 def selection_check(runner: Any, selection: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each cell's selection beside the same fidelity gate measured on test prompts (all seeds)."""
+    from mapo_bench.runner import passes_gate, reference_label
+
     ev = runner.spec.eval
     out = []
     for d in runner.spec.datasets:
-        reference = "target" if ev.fidelity_reference == "target" and runner.target_prefix(d) is not None else "base"
+        reference = reference_label(runner, d)
         for method, cell in selection["cells"][d.name].items():
             source = selection["cells"][cell.get("carried_from") or d.name][method]
             chosen = next((r for r in source["rows"] if r["setting"] == cell.get("setting")), None)
@@ -202,7 +206,7 @@ def selection_check(runner: Any, selection: dict[str, Any], rows: list[dict[str,
                         "validation_fidelity_advantage": chosen["fidelity_advantage"] if chosen else None,
                         "test_fidelity_advantage": test["advantage"] if test else None,
                         "test_fidelity_ci": [test["advantage_ci_low"], test["advantage_ci_high"]] if test else None,
-                        "passes_on_test": (test["advantage"] >= -ev.fidelity_margin) if test else None})
+                        "passes_on_test": passes_gate(test["advantage"], ev.fidelity_margin) if test else None})
     return out
 
 
@@ -214,13 +218,13 @@ def trends(spec: Any, severity: dict[str, Any], rows: list[dict[str, Any]], draw
 
     ev = spec.eval
 
-    def levels(side: str, comparison: str, split: str, view: str, effect: str = "advantage",
+    def levels(side: str, metric: str, comparison: str, split: str, view: str, effect: str = "advantage",
                measure: str | None = None) -> list[dict[str, Any]]:
         out = []
         for row in rows:
             key = (split, view, row["dataset"], comparison)
             if (row["split"], row["view"], row["comparison"], row["role"]) != (split, view, comparison, "preference") \
-                    or row["prefixed_side"] != side or key not in draws:
+                    or (row["prefixed_side"], row["metric"]) != (side, metric) or key not in draws:
                 continue
             sev = severity[row["dataset"]]
             m = sev["measures"].get(f"{measure}_{side}") if measure else {"value": sev["severity_x"],
@@ -233,30 +237,30 @@ def trends(spec: Any, severity: dict[str, Any], rows: list[dict[str, Any]], draw
         return out
 
     result: dict[str, Any] = {}
-    for side in ("chosen", "rejected"):
-        if not any(s["prefixed_side"] == side for s in severity.values()):
-            continue
-        primary = slope_test(levels(side, "mapo vs dpo", "test", "tuned"), seed=ev.bootstrap_seed)
-        primary.update({"comparison": "mapo vs dpo", "view": "tuned", "split": "test",
-                        "severity_measure": f"{ev.severity_measure}_{side}"})
+    groups = sorted({(s["prefixed_side"], ev.preference_metric[s["task"]]) for s in severity.values()})
+    for side, metric in groups:
+        key = side if sum(g[0] == side for g in groups) == 1 else f"{side}:{metric}"  # one metric per slope
+        primary = slope_test(levels(side, metric, "mapo vs dpo", "test", "tuned"), seed=ev.bootstrap_seed)
+        primary.update({"comparison": "mapo vs dpo", "view": "tuned", "split": "test", "side": side,
+                        "metric": metric, "severity_measure": f"{ev.severity_measure}_{side}"})
         x_name = f"{ev.severity_measure}_{side}"
         tests: list[tuple[str, list[dict[str, Any]], str, str]] = [
-            ("win_rate", levels(side, "mapo vs dpo", "test", "tuned", effect="win_rate"), "win_rate", x_name)]
+            ("win_rate", levels(side, metric, "mapo vs dpo", "test", "tuned", effect="win_rate"), "win_rate", x_name)]
         for comparison in ("mapo vs base", "dpo vs base", "sft vs base"):
-            tests.append((comparison, levels(side, comparison, "test", "tuned"), "advantage", x_name))
+            tests.append((comparison, levels(side, metric, comparison, "test", "tuned"), "advantage", x_name))
         measures = sorted({k.rsplit("_", 1)[0] for s in severity.values() for k, v in s["measures"].items()
                            if isinstance(v, dict) and "value" in v and k.endswith(f"_{side}")}
                           - {ev.severity_measure, *DIAGNOSTICS})
         for measure in measures:
-            tests.append((f"x = {measure}_{side}", levels(side, "mapo vs dpo", "test", "tuned", measure=measure),
+            tests.append((f"x = {measure}_{side}", levels(side, metric, "mapo vs dpo", "test", "tuned", measure=measure),
                           "advantage", f"{measure}_{side}"))
         if spec.matched:
-            tests.append(("matched view", levels(side, "mapo vs dpo", "test", "matched"), "advantage", x_name))
+            tests.append(("matched view", levels(side, metric, "mapo vs dpo", "test", "matched"), "advantage", x_name))
         if "test-robust" in splits:
-            tests.append(("second sampler", levels(side, "mapo vs dpo", "test-robust", "tuned"), "advantage", x_name))
+            tests.append(("second sampler", levels(side, metric, "mapo vs dpo", "test-robust", "tuned"), "advantage", x_name))
         secondary = {name: {**slope_test(lv, effect=effect, seed=ev.bootstrap_seed), "severity_measure": x}
                      for name, lv, effect, x in tests if lv}
-        result[side] = {"primary": primary, "secondary": secondary}
+        result[key] = {"primary": primary, "secondary": secondary}
     return result
 
 

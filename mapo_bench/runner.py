@@ -388,22 +388,29 @@ def fidelity_check(scores: Any, reference: Any, ev: Any, resamples: int, seed: i
                             resamples=resamples, seed=seed)
     return {"fidelity_advantage": result["advantage"], "fidelity_ci_low": result["advantage_ci_low"],
             "fidelity_ci_high": result["advantage_ci_high"], "fidelity_win_rate": result["win_rate"],
-            "eligible": result["advantage"] >= -ev.fidelity_margin}
+            "eligible": passes_gate(result["advantage"], ev.fidelity_margin)}
+
+
+def passes_gate(fidelity_advantage: float, margin: float) -> bool:
+    """The fidelity gate: mean fidelity at most ``margin`` below the reference's."""
+    return fidelity_advantage >= -margin
+
+
+def reference_label(runner: Runner, d: DatasetSpec) -> str:
+    """The fidelity gate's reference for dataset ``d``: its target (base + chosen prefix), else the base."""
+    return "target" if runner.spec.eval.fidelity_reference == "target" and runner.target_prefix(d) is not None else "base"
 
 
 def reference_scores(runner: Runner, d: DatasetSpec, split: str) -> Any:
-    """The fidelity gate's reference for dataset ``d``: its target (base + chosen prefix), else the base."""
     from mapo_bench.stats import read_scores
 
-    if runner.spec.eval.fidelity_reference == "target" and runner.target_prefix(d) is not None:
-        return read_scores(runner.scores_dir(f"target/{d.name}", split))
-    return read_scores(runner.scores_dir(f"base/{d.name}", split))
+    return read_scores(runner.scores_dir(f"{reference_label(runner, d)}/{d.name}", split))
 
 
 def best_eligible(rows: list[dict[str, Any]], margin: float) -> dict[str, Any] | None:
     """The row with the largest preference advantage among those within ``margin`` of the fidelity
     reference (ties broken by fidelity); None when no row is."""
-    eligible = [r for r in rows if r["fidelity_advantage"] >= -margin]
+    eligible = [r for r in rows if passes_gate(r["fidelity_advantage"], margin)]
     return max(eligible, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"])) if eligible else None
 
 

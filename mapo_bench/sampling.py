@@ -58,7 +58,8 @@ def image_file(prompt_id: int, seed: int) -> str:
 
 def noise_seed(prompt: str, seed: int) -> int:
     """The 31-bit generator seed of the initial noise of (plain prompt, sampling seed), stable across
-    processes and models: ``int(sha256(f"{prompt}|{seed}")[:4]) >> 1``."""
+    processes and models: the first 4 bytes of ``sha256(f"{prompt}|{seed}")`` read little-endian, shifted right
+    by one."""
     import hashlib
 
     return int.from_bytes(hashlib.sha256(f"{prompt}|{int(seed)}".encode()).digest()[:4], "little") >> 1

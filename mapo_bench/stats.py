@@ -12,9 +12,9 @@ resample draws training seeds and prompts independently with replacement and kee
 (drawn seed, drawn prompt) cell whole, so sampling seeds stay nested in prompts and both the
 training-seed and the prompt variance enter. Beside it, with two or more training seeds, a t-interval
 over the per-seed mean gaps. A win-rate interval that a saturated bootstrap would collapse to one point
-is replaced by an exact (Clopper-Pearson) bound over the independent cells and marked so. The sign
-test counts prompts (a prompt wins when its mean advantage is positive), not images, because images of
-one prompt are not independent. Nothing is adjusted for multiple comparisons.
+is replaced by an exact (Clopper-Pearson) bound over the prompts, the coarsest independent unit, and
+marked so. The sign test counts prompts (a prompt wins when its mean advantage exceeds the tie margin),
+not images, because images of one prompt are not independent. Nothing is adjusted for multiple comparisons.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mapo_bench.errors import MapoBenchError
 MULTIPLE_COMPARISONS_NOTE = "intervals and p-values are not adjusted for multiple comparisons"
 PAIR_KEYS = ("prompt_id", "seed")
 UNIT_KEYS = ("train_seed", "prompt_id", "seed")
+NO_TRAIN_SEED = -1  # paired_table's train_seed when neither side has one (base vs target, a mean)
 BOOTSTRAP_UNIT = "two-way: training seeds x prompts (sampling seeds nested in prompts)"
 
 
@@ -136,9 +137,14 @@ def paired_table(a: Any, b: Any, metric: str | None = None) -> Any:
         keys = ["train_seed", *keys]
     left = a[[*keys, "score"] + (["train_seed"] if has_a and not has_b else [])].rename(columns={"score": "a"})
     right = b[[*keys, "score"] + (["train_seed"] if has_b and not has_a else [])].rename(columns={"score": "b"})
-    joined = left.merge(right, on=keys, how="inner")
+    validate = "many_to_one" if has_a and not has_b else "one_to_many" if has_b and not has_a else "one_to_one"
+    try:
+        joined = left.merge(right, on=keys, how="inner", validate=validate)
+    except pd.errors.MergeError:
+        raise MapoBenchError(f"{'metric ' + repr(metric) + ': ' if metric else ''}a model has several scores for one "
+                             f"({', '.join(keys)}); evaluate each sample folder once") from None
     if "train_seed" not in joined.columns:
-        joined["train_seed"] = 0
+        joined["train_seed"] = NO_TRAIN_SEED
     if joined.empty:
         raise MapoBenchError(f"no paired images{f' for metric {metric!r}' if metric else ''}: were both models "
                              "sampled on the same prompts and seeds?")
@@ -186,6 +192,8 @@ def compare(table: Any, higher_is_better: bool = True, tie_margin: float = 0.0, 
         out = outcomes(a, b, higher_is_better, tie_margin)
         gap = a - b
     sign = 1.0 if higher_is_better else -1.0
+    if (table["train_seed"] == NO_TRAIN_SEED).all():
+        seed_labels = None  # no training seeds to resample (e.g. the base against its target)
     seeds, seed_index = _labels(table["train_seed"].to_numpy(), seed_labels)
     prompts, prompt_index = _labels(table["prompt_id"].to_numpy(), prompt_labels)
     values = np.stack([np.nan_to_num(gap), out], axis=1)
@@ -201,29 +209,43 @@ def compare(table: Any, higher_is_better: bool = True, tie_margin: float = 0.0, 
         low, high = percentile(draws[:, 0], ci)
         per_seed = np.array([gap[seed_index == i].mean() for i in np.unique(seed_index)])
         t_ci = seed_t_interval(per_seed, ci)
+        method = ("bootstrap" if high > low else "no finite resample" if not np.isfinite(low)
+                  else "degenerate: every resample gives the same gap")
         result.update({"mean_gap": mean_gap, "gap_ci_low": low, "gap_ci_high": high,
                        "gap_seed_t_low": t_ci[0] if t_ci else None, "gap_seed_t_high": t_ci[1] if t_ci else None,
-                       "gap_ci_method": "bootstrap" if high > low else "degenerate: every resample gives the same gap",
-                       "advantage": sign * mean_gap,
-                       "advantage_ci_low": min(sign * low, sign * high), "advantage_ci_high": max(sign * low, sign * high),
+                       "gap_ci_method": method, "advantage": sign * mean_gap,
+                       **_signed("advantage_ci", low, high, sign),
+                       **(_signed("advantage_seed_t", *t_ci, sign) if t_ci else
+                          {"advantage_seed_t_low": None, "advantage_seed_t_high": None}),
                        "mean_a": float(table["a"].mean()), "mean_b": float(table["b"].mean())})
     win_rate = float(out.mean())
     low, high = percentile(draws[:, 1], ci)
     method = "bootstrap"
-    if high <= low:  # every resample saturated: an exact bound over the independent cells instead
-        cells = int((counts > 0).sum())
-        low, high = exact_interval(round(win_rate * cells), cells, ci)
-        method = f"exact binomial bound over {cells} (training seed, prompt) cells (the bootstrap saturated)"
-    prompt_adv = sign * (sums[..., 0].sum(axis=0) / np.maximum(counts.sum(axis=0), 1)) if not votes else \
-        sums[..., 1].sum(axis=0) / np.maximum(counts.sum(axis=0), 1) - 0.5
+    n_prompts = int((counts.sum(axis=0) > 0).sum())
+    if high <= low and win_rate in (0.0, 1.0):  # every resample saturated: an exact bound instead
+        low, high = exact_interval(round(win_rate * n_prompts), n_prompts, ci)
+        method = (f"exact binomial bound over the {n_prompts} prompts (every bootstrap resample saturated; prompts "
+                  "are the coarsest independent unit)")
+    elif high <= low:
+        method = "degenerate: every resample gives the same win rate"
+    per_prompt = np.maximum(counts.sum(axis=0), 1)
+    if votes:
+        prompt_adv, margin = sums[..., 1].sum(axis=0) / per_prompt - 0.5, 0.0
+    else:
+        prompt_adv, margin = sign * sums[..., 0].sum(axis=0) / per_prompt, tie_margin
     present = counts.sum(axis=0) > 0
-    won, lost = int((prompt_adv[present] > 0).sum()), int((prompt_adv[present] < 0).sum())
+    won, lost = int((prompt_adv[present] > margin).sum()), int((prompt_adv[present] < -margin).sum())
     result.update({"win_rate": win_rate, "ci_low": low, "ci_high": high, "win_ci_method": method,
                    "wins": wins, "ties": int(len(out) - wins - losses), "losses": losses,
                    "prompts_won": won, "prompts_lost": lost, "sign_p": sign_test_p(won, lost)})
     if keep_draws:
         result["_draws"] = {"advantage": sign * draws[:, 0] if not votes else None, "win_rate": draws[:, 1]}
     return result
+
+
+def _signed(prefix: str, low: float, high: float, sign: float) -> dict[str, float]:
+    """An interval of a - b as an interval of the advantage (the gap times the metric's direction)."""
+    return {f"{prefix}_low": min(sign * low, sign * high), f"{prefix}_high": max(sign * low, sign * high)}
 
 
 def half_width(row: dict[str, Any]) -> float:
@@ -326,7 +348,7 @@ def compare_scores(scores_a: Any, scores_b: Any = None, model_a: str | None = No
 def _check_pairable(rows_a: Any, rows_b: Any, metric: str) -> None:
     """One score per (prompt, seed) and side, one metric version, the same prompt text behind each id."""
     for rows, side in ((rows_a, "A"), (rows_b, "B")):
-        duplicated = rows.duplicated(list(PAIR_KEYS))
+        duplicated = rows.duplicated([k for k in UNIT_KEYS if k in rows.columns])
         if duplicated.any():
             first = rows[duplicated].iloc[0]
             raise MapoBenchError(f"metric {metric!r}: model {side} has several scores for prompt_id "

@@ -72,7 +72,7 @@ def slope_test(levels: list[dict[str, Any]], effect: str = "advantage", ci: floa
     x = np.array([lv["x"] for lv in levels])
     y = np.array([lv["effect"] for lv in levels])
     draws = np.stack([np.asarray(lv["draws"], dtype=np.float64) for lv in levels], axis=1)  # (R, L)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 1])  # its own stream, apart from the resample indices
     xs = np.stack([severity_draws(lv["x"], lv.get("x_ci_low"), lv.get("x_ci_high"), len(draws), rng)
                    for lv in levels], axis=1)
     slopes = ols_slope(xs, draws)
@@ -81,7 +81,7 @@ def slope_test(levels: list[dict[str, Any]], effect: str = "advantage", ci: floa
     low, high = (float(np.quantile(slopes, tail)), float(np.quantile(slopes, 1 - tail))) if len(slopes) else (np.nan, np.nan)
     rho, p = rank_correlation(x, y)
     record.update({"slope": float(ols_slope(x, y)), "slope_ci_low": low, "slope_ci_high": high,
-                   "verdict": verdict(low, high), "resamples": int(len(draws)),
+                   "verdict": verdict(low, high), "resamples": int(len(slopes)),
                    "spearman_rho": float(rho), "spearman_p": float(p),
                    "spearman_note": f"exact permutation p; with {len(levels)} levels the smallest possible "
                                     f"two-sided p is {2 / factorial(len(levels)):.3g}"})

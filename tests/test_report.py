@@ -188,3 +188,14 @@ def test_publish_rewrites_only_the_readme_results_section(tmp_path):
     assert "![severity vs effect](docs/results/severity_vs_effect.png)" in text
     assert "**Chosen-side mismatch**" in text and "| style-c | 0.0300 [0.0299, 0.0301] | toy-style |" in text
     assert (tmp_path / "docs" / "results" / "pipeline.json").is_file()
+
+
+def test_comparison_direction_does_not_follow_the_pipeline_order(tmp_path):
+    """A pipeline listing dpo before mapo still gets "mapo vs dpo" rows (the primary trend's comparison)."""
+    spec = {**SPEC, "methods": {"dpo": {}, "mapo": {"grid": {"optim.lr": [1e-5, 1e-4]}}},
+            "eval": {**SPEC["eval"], "fidelity_margin": 0.5}}
+    results = json.loads((write_report(make_run(tmp_path, spec)) / "results.json").read_text())
+    comparisons = {r["comparison"] for r in results["rows"]}
+    assert "mapo vs dpo" in comparisons and "dpo vs mapo" not in comparisons
+    assert set(results["trend"]) == {"chosen", "rejected"}
+    assert results["trend"]["chosen"]["primary"]["metric"] == "toy-style"

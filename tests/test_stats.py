@@ -200,3 +200,41 @@ def test_compare_scores_pairs_by_prompt_and_seed():
     assert "not adjusted" in res["note"]
     with pytest.raises(MapoBenchError, match="several scores"):
         compare_scores(pd.concat([a, a]), b)
+
+
+def test_saturation_bound_counts_prompts_and_only_at_zero_or_one():
+    """2 training seeds x 4 prompts, all won: the bound is still over the 4 prompts (cells sharing a prompt
+    are not independent): 0.025^(1/4) = 0.3976. Every prompt exactly tied: win rate 0.5 with a zero-width
+    bootstrap, which is reported as degenerate, not replaced by a bound."""
+    won = compare(table(np.ones(8), np.zeros(8), np.tile(np.arange(4), 2), train_seeds=np.repeat([0, 1], 4)),
+                  resamples=50)
+    assert won["ci_low"] == pytest.approx(0.025 ** 0.25, abs=1e-4) and "4 prompts" in won["win_ci_method"]
+    tied = compare(table(np.ones(4), np.ones(4), np.arange(4)), resamples=50)
+    assert (tied["win_rate"], tied["ci_low"], tied["ci_high"]) == (0.5, 0.5, 0.5)
+    assert tied["win_ci_method"].startswith("degenerate")
+
+
+def test_sign_test_ties_prompts_within_the_margin():
+    """Prompt mean gaps +0.005, +0.2, -0.3 with margin 0.01: one tie, one win, one loss."""
+    res = compare(table([0.505, 0.7, 0.2], [0.5, 0.5, 0.5], [0, 1, 2]), tie_margin=0.01, resamples=20)
+    assert (res["prompts_won"], res["prompts_lost"]) == (1, 1)
+
+
+def test_no_training_seed_ignores_the_shared_seed_axis_and_duplicates_are_refused():
+    """base vs target (neither has training seeds) with shared seed labels [1, 2] (no 0): compared on one
+    seed axis. A duplicated (prompt, seed) row is one line, not a silent extra pair."""
+    a = pd.DataFrame({"metric": "m", "prompt_id": [0, 1], "seed": 0, "score": [1.0, 2.0]})
+    b = a.assign(score=[0.5, 0.5])
+    res = compare(paired_table(a, b, "m"), seed_labels=np.array([1, 2]), resamples=20)
+    assert res["mean_gap"] == pytest.approx(1.0) and res["n_train_seeds"] == 1
+    with pytest.raises(MapoBenchError, match="several scores"):
+        paired_table(pd.concat([a, a]), b, "m")
+
+
+def test_seed_t_interval_of_the_advantage_follows_the_direction():
+    """Lower is better, per-seed gaps -0.1 and -0.3 (A lower, so better): advantage +0.2 with a seed
+    t-interval around +0.2, i.e. the gap's interval negated and reordered."""
+    res = compare(table([0.1, 0.0], [0.2, 0.3], [0, 0], train_seeds=[0, 1]), higher_is_better=False, resamples=20)
+    assert res["advantage"] == pytest.approx(0.2)
+    assert res["advantage_seed_t_low"] == pytest.approx(-res["gap_seed_t_high"])
+    assert res["advantage_seed_t_low"] < 0.2 < res["advantage_seed_t_high"]
