@@ -68,7 +68,9 @@ class Runner:
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, pipeline_path: Path | None = None) -> None:
         self.spec = spec
-        self.run_dir = Path(run_dir)
+        # Absolute, so a job's identity (its config names its folders) does not depend on how the run folder
+        # was spelled: `--out runs/x` from the project and `--out /abs/runs/x` are the same run.
+        self.run_dir = Path(run_dir).resolve()
         self.pipeline_path = pipeline_path
         self.base = base_identity(spec)
         self.rank, self.world = distributed_rank()

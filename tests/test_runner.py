@@ -305,3 +305,14 @@ def test_interrupted_runner_stops_its_workers():
     pool.shutdown(wait=True, cancel_futures=True)
     # a drained job would have returned 60; a killed one leaves the pool broken
     assert isinstance(future.exception(), BrokenProcessPool) and not any(w.is_alive() for w in workers)
+
+
+def test_job_identity_does_not_depend_on_how_the_run_folder_is_spelled(tmp_path, monkeypatch):
+    """`--out runs/x` run from the project and `--out /abs/.../runs/x` name the same jobs: a finished run
+    resumed with the other spelling redoes nothing (it used to redo every job)."""
+    spec = load_config(PipelineSpec, ROOT / "pipelines" / "toy-quick.yaml")
+    monkeypatch.chdir(tmp_path)
+    relative = {j.id: Runner(spec, Path("runs/x")).job_hash(j) for j in Runner(spec, Path("runs/x")).phase1()}
+    absolute = {j.id: Runner(spec, tmp_path / "runs" / "x").job_hash(j)
+                for j in Runner(spec, tmp_path / "runs" / "x").phase1()}
+    assert relative == absolute
