@@ -94,6 +94,8 @@ def rank_correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     t-approximation reports p near 0 for a perfect ranking of 4 points, whose exact p is 2/4! = 0.083."""
     from scipy.stats import permutation_test, spearmanr
 
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # a constant side has no ranking
+        return float("nan"), float("nan")
     rho = float(spearmanr(x, y).statistic)
     if not np.isfinite(rho):
         return rho, float("nan")
