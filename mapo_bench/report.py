@@ -73,6 +73,13 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     failed = [f"{c['dataset']} {c['method']}" for c in results["selection_check"] if c["status"] == "failed"]
     if failed:
         lines.append(f"- Failed cells (no setting passed the fidelity gate on validation): {', '.join(failed)}.")
+    edges = sorted({f"{c['method']} {c['setting']} ({'; '.join(c['edges'])})" for c in results["selection_check"]
+                    if c["edges"]})
+    if edges:
+        lines.append(f"- Selected at a grid edge (a wider grid may select otherwise): {', '.join(edges)}.")
+    carried = sorted({c["dataset"] for c in results["selection_check"] if c.get("carried_from")})
+    if carried:
+        lines.append(f"- Settings carried from another dataset's tuning, not tuned here: {', '.join(carried)}.")
     off = [f"{c['dataset']} {c['method']}" for c in results["selection_check"] if c["passes_on_test"] is False]
     if off:
         lines.append(f"- Selected settings failing the same fidelity gate on test prompts (margin {ev['fidelity_margin']:g}): "
