@@ -125,7 +125,7 @@ class Runner:
                    {**meta, "split": split, "label": label})
 
     def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
-        scores_label = f"{label}/{d.name}" if label == "base" else label
+        scores_label = f"base/{d.name}" if label == "base" else label
         context = score_context(d, self.spec.backend)
         config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
                   "images": [str(sample.out)], "out": str(self.scores_dir(scores_label, split))}
@@ -159,11 +159,7 @@ class Runner:
 
     def target_prefix(self, d: DatasetSpec) -> str | None:
         """The chosen prefix of ``d``'s task (None when the chosen side is the plain prompt)."""
-        from mapo_bench.data.tasks import make_task
-
-        keys = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
-        task = make_task(d.task, backend=self.spec.backend, **{k: d.build[k] for k in keys if k in d.build})
-        return task.prefixes()[0]
+        return dataset_task(d, self.spec.backend).prefixes()[0]
 
     def base_jobs(self, split: str) -> list[Job]:
         """The base on plain prompts scored against every dataset, and each dataset's target: the base
@@ -355,12 +351,17 @@ def metrics_for(metrics: list[str], context: dict[str, Any]) -> list[str]:
     return [m for m in metrics if m not in STYLE_METRICS or context.get("target_style")]
 
 
-def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
-    """EvalConfig keys (task, target_style, base_style) for scoring images against dataset ``d``'s task."""
+def dataset_task(d: DatasetSpec, backend: str) -> Any:
+    """The Task object of dataset ``d`` (its prefixes and scoring context), from the build keys that name it."""
     from mapo_bench.data.tasks import make_task
 
     keys = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
-    context = make_task(d.task, backend=backend, **{k: d.build[k] for k in keys if k in d.build}).score_context()
+    return make_task(d.task, backend=backend, **{k: d.build[k] for k in keys if k in d.build})
+
+
+def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
+    """EvalConfig keys (task, target_style, base_style) for scoring images against dataset ``d``'s task."""
+    context = dataset_task(d, backend).score_context()
     return {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
 
 
