@@ -49,7 +49,7 @@ class MethodSpec(StrictModel):
 
 
 def point_name(values: dict[str, Any]) -> str:
-    """A grid point's folder and job name from its values (``beta1000_optim.lr3e-05``; ``default`` without a
+    """A grid point's folder and job name from its values (``dpo.beta1000_optim.lr3e-05``; ``default`` without a
     grid). Named by value, not by position, so a value added to a grid list keeps every finished job."""
     if not values:
         return "default"

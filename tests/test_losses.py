@@ -112,8 +112,15 @@ def test_per_sample_error_shapes_and_value():
 
 
 def test_methods_dispatch_to_their_losses():
+    """Each entry calls its loss with its own options (defaults: MaPO beta 0.1, s 0.5; DPO beta 5000)."""
+    from mapo_bench.methods import Errors
+
     m_w, m_l = t(0.1), t(0.2)
-    assert MAPO.loss(m_w, m_l, num_train_timesteps=10).loss.item() == pytest.approx(0.157868, abs=1e-6)
-    assert DPO.loss(m_w, m_l, m_w, m_l).loss.item() == pytest.approx(LOG2, abs=1e-7)
-    assert SFT.loss(m_w).loss.item() == pytest.approx(0.1)
+    assert MAPO.loss(Errors(m_w, m_l, num_train_timesteps=10)).loss.item() == pytest.approx(0.157868, abs=1e-6)
+    # beta 0.2 doubles the margin term: 0.1 + 2 * 0.0578680
+    assert MAPO.loss(Errors(m_w, m_l, num_train_timesteps=10), {"beta": 0.2}).loss.item() == pytest.approx(
+        0.215736, abs=1e-6)
+    assert DPO.loss(Errors(m_w, m_l, m_w, m_l)).loss.item() == pytest.approx(LOG2, abs=1e-7)
+    assert SFT.loss(Errors(m_w)).loss.item() == pytest.approx(0.1)
     assert DPO.needs_reference and not MAPO.needs_reference and not SFT.uses_rejected
+    assert (MAPO.options().beta, MAPO.options().snr_value, DPO.options().beta) == (0.1, 0.5, 5000.0)

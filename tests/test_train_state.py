@@ -176,8 +176,20 @@ def test_config_errors_name_the_key():
         load_config(TrainConfig, None, ["method=mapoo"])
     with pytest.raises(MapoBenchError, match="constant_with_warmup"):
         load_config(TrainConfig, None, ["optim.warmup_steps=10"])
-    with pytest.raises(MapoBenchError, match="no beta"):
-        load_config(TrainConfig, None, ["method=sft", "beta=1"])
+    with pytest.raises(MapoBenchError, match=r"sft\.beta"):
+        load_config(TrainConfig, None, ["method=sft", "sft.beta=1"])
+    with pytest.raises(MapoBenchError, match=r"no longer read.*dpo\.beta"):
+        load_config(TrainConfig, None, ["method=dpo", "beta=1"])
+    with pytest.raises(MapoBenchError, match=r"no longer read.*mapo\.snr_value"):
+        load_config(TrainConfig, None, ["snr_value=1"])
+    with pytest.raises(MapoBenchError, match="options for method 'dpo' given, but method is 'mapo'"):
+        load_config(TrainConfig, None, ["dpo.beta=1"])
+    with pytest.raises(MapoBenchError, match=r"mapo\.beta"):
+        load_config(TrainConfig, None, ["mapo.beta=-1"])
+    mapo = load_config(TrainConfig, None, ["mapo.beta=0.2"])
+    assert mapo.method_options().beta == 0.2 and mapo.method_options().snr_value == 0.5
+    assert mapo.model_dump()["mapo"] == {"beta": 0.2, "snr_value": 0.5} and "options" not in mapo.model_dump()
+    assert TrainConfig.model_validate(mapo.model_dump()) == mapo  # a dumped config reads back
     with pytest.raises(MapoBenchError, match=r"key 'optim.lr'"):
         load_config(TrainConfig, None, ["optim.lr=-1"])
     assert load_config(TrainConfig, None, ["resume=none"]).resume is None
@@ -225,7 +237,7 @@ def test_sdxl_mapo_recipe_matches_the_official_recipe():
     assert (cfg.data.resolution, cfg.vae, cfg.data.tie_policy, cfg.data.flip) == (
         1024, "madebyollin/sdxl-vae-fp16-fix", "drop", True)
     dpo = load_config(TrainConfig, REPO / "recipes" / "train" / "sdxl_dpo.yaml")
-    assert (dpo.beta, dpo.optim.name, dpo.optim.warmup_steps) == (5000, "adafactor", 200)
+    assert (dpo.method_options().beta, dpo.optim.name, dpo.optim.warmup_steps) == (5000, "adafactor", 200)
     assert load_config(TrainConfig, REPO / "recipes" / "train" / "sd15_dpo.yaml").optim.warmup_steps == 500
 
 

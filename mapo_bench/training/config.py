@@ -1,16 +1,17 @@
 """The train stage's config (``mapo-bench train``). Importable without torch.
 
 Top-level keys mirror the CLI flags (--method, --dataset, --model, --backend, --out, --resume); the rest
-are nested groups (data, lora, optim, cache, log). Defaults follow the official MaPO SDXL recipe where
+are nested groups (data, lora, optim, cache, log) and the method's own options under the method's name
+(``mapo: {beta: 0.1}``; their model lives with the method, in ``mapo_bench/methods.py``). Defaults follow the official MaPO SDXL recipe where
 one exists (REFERENCE.md section 3); recipes in recipes/train/ set the rest.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from mapo_bench.config import StrictModel
 from mapo_bench.registry import BACKENDS, METHODS, suggest
@@ -94,10 +95,9 @@ class TrainConfig(StrictModel):
     """One fine-tuning run: method, model, data, optimizer, schedule, outputs."""
 
     method: str = "mapo"
-    beta: float | None = Field(None, gt=0)
-    """None = the method's default (MaPO 0.1, Diffusion-DPO 5000; SFT has none)."""
-    snr_value: float = Field(0.5, gt=0)
-    """MaPO's link constant s in g(m) = s*m / (exp(s*m) - 1)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The method's options, written under the method's name (``dpo: {beta: 5000}``) and validated by the
+    method's own options model; unset keys take its defaults (MaPO beta 0.1, snr_value 0.5; DPO beta 5000)."""
     backend: str = "sdxl"
     model: str | None = None
     """Hub id or local path; None = the backend's default model."""
@@ -149,15 +149,55 @@ class TrainConfig(StrictModel):
     def _backend(cls, value: str) -> str:
         return BACKENDS.check(value)
 
-    @model_validator(mode="after")
-    def _method_options(self) -> TrainConfig:
-        if self.method == "sft" and self.beta is not None:
-            raise ValueError("method 'sft' has no beta; remove it")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _options_under_the_method_name(cls, data: Any) -> Any:
+        """Move ``<method>: {...}`` into ``options``, validated by the method's own options model (also runs
+        on assignment, where ``options`` is already the validated dict)."""
+        from pydantic import ValidationError
+
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", "mapo")
+        for old in RENAMED_OPTIONS:
+            if old in data:
+                raise ValueError(f"top-level {old!r} is no longer read: write it under the method's name, "
+                                 f"{method}.{old} (e.g. `{method}: {{{old}: {data[old]}}}`)")
+        if not isinstance(method, str) or method not in METHODS.names():
+            return data  # the method field's own validator names the problem
+        others = sorted(name for name in METHODS.names() if name != method and name in data)
+        if others:
+            raise ValueError(f"options for method {others[0]!r} given, but method is {method!r}")
+        given = data.pop(method, None) or {}
+        if "options" in data and given:
+            raise ValueError(f"write the method's options under its name ({method}: {{...}}) only")
+        entry = METHODS.get(method)
+        try:
+            data["options"] = entry.options.model_validate(data.get("options") or given).model_dump()
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in (method, *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']} (valid keys: "
+                             f"{', '.join(entry.options.model_fields) or 'none'})") from None
+        return data
+
+    @model_serializer(mode="wrap")
+    def _options_dumped_under_the_method_name(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if "options" in data:
+            data[self.method] = data.pop("options")
+        return data
+
+    def method_options(self) -> Any:
+        """The method's options as its own model (``METHODS.get(method).options``)."""
+        return METHODS.get(self.method).options.model_validate(self.options)
 
     def effective_resolution(self, default: int) -> int:
         return self.data.resolution or default
 
+
+RENAMED_OPTIONS = ("beta", "snr_value")  # were top-level keys; now under the method's name
 
 # Keys that do not change the trained weights: excluded from the hash that checkpoints and manifests record.
 NON_RESULT_KEYS = {"out", "resume", "overwrite", "log", "checkpoint_every", "keep_last", "cache"}

@@ -26,6 +26,7 @@ import torch
 from mapo_bench import losses
 from mapo_bench.backends.base import resolve_dtype
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.methods import Errors
 from mapo_bench.training.config import TrainConfig, result_hash
 
 LOG_FILE = "train_log.jsonl"
@@ -98,6 +99,7 @@ class Trainer:
         self.world = self.accelerator.num_processes
         set_seed(cfg.seed)
         self.method = METHODS.get(cfg.method)
+        self.method_options = cfg.method_options()
         options: dict[str, Any] = {"dtype": cfg.dtype, "device": str(self.accelerator.device)}
         if cfg.vae:
             options.update(vae=cfg.vae, vae_dtype="float32")
@@ -261,8 +263,7 @@ class Trainer:
         pred = backend.predict(self.model, noisy, t, cond)
         m = losses.per_sample_error(pred, target)
         m_w, m_l = m.chunk(2) if method.uses_rejected else (m, None)
-        out = method.loss(m_w, m_l, r_w, r_l, beta=cfg.beta, snr_value=cfg.snr_value,
-                          num_train_timesteps=self.num_train_timesteps)
+        out = method.loss(Errors(m_w, m_l, r_w, r_l, self.num_train_timesteps), self.method_options)
         metrics = {"loss": out.loss.item(), **out.metrics}
         if m_l is not None:
             metrics["margin"] = (m_l - m_w).mean().item()
