@@ -41,12 +41,12 @@ def test_toy_mismatch_plan_has_the_protocol():
     assert len(severities) >= 4
     targets = {j.id for j in jobs if j.id.startswith("sample:target/")}
     assert targets == {f"sample:target/{d.name}:validation" for d in spec.datasets if d.task == "pick-style"}
-    assert min(spec.methods["dpo"].grid["beta"]) < 1000
+    assert min(spec.methods["dpo"].grid["dpo.beta"]) < 1000
 
 
 def test_point_name_by_hand():
     assert point_name({}) == "default"
-    assert point_name({"optim.lr": 3.0e-5, "beta": 1000}) == "beta1000_optim.lr3e-05"  # keys sorted
+    assert point_name({"optim.lr": 3.0e-5, "dpo.beta": 1000}) == "dpo.beta1000_optim.lr3e-05"  # keys sorted
     assert point_name({"optim.lr": 1.0e-4}) == "optim.lr0.0001"
     assert point_name({"lora.target": "to_q/to_k"}) == "lora.targetto-q-to-k"  # "_" joins keys; no "/"
 
@@ -56,13 +56,13 @@ def test_grid_jobs_are_named_by_value_so_a_new_value_keeps_finished_jobs():
     spec = load_config(PipelineSpec, ROOT / "pipelines" / "toy-mismatch.yaml")
     wider = spec.model_copy(deep=True)
     for method in wider.methods.values():
-        method.grid["optim.lr"] = [1.0e-6, *method.grid["optim.lr"]]
+        method.grid["optim.lr"] = [3.0e-7, *method.grid["optim.lr"]]
     before = {(j.id, str(j.out)) for j in Runner(spec, Path("/tmp/unused")).phase1()}
     after = {(j.id, str(j.out)) for j in Runner(wider, Path("/tmp/unused")).phase1()}
     assert before < after
     assert {j for j, _ in after - before if j.startswith("train:")} == {
         f"train:{d.name}:{m}:{name}:s{spec.seeds[0]}" for d in spec.datasets if d.tune_from is None
-        for m, ms in wider.methods.items() for name in map(point_name, ms.grid_points()) if "optim.lr1e-06" in name}
+        for m, ms in wider.methods.items() for name in map(point_name, ms.grid_points()) if "optim.lr3e-07" in name}
 
 
 def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
@@ -93,7 +93,7 @@ def tiny_spec(base: Path, train_recipe: Path) -> dict:
                      {"name": "safety", "task": "pick-safety", "build": {"num_prompts": 4,
                                                                          "sampler": {"steps": 2, "guidance": 2.0}}}],
         "methods": {"mapo": {"recipe": str(train_recipe), "grid": {"optim.lr": [1e-4, 1e-3]}},
-                    "dpo": {"recipe": str(train_recipe), "overrides": {"beta": 500}}},
+                    "dpo": {"recipe": str(train_recipe), "overrides": {"dpo.beta": 500}}},
         "seeds": [0, 1],
         "mismatch": {"timesteps": 2, "noises": 1, "reference_samples": 4, "resamples": 50,
                      "sampler": {"steps": 2, "guidance": 2.0}},

@@ -36,10 +36,12 @@ def test_gate_adherence_rule_by_hand():
     style[:, photo] = [0.75, 0.45, 0.2]
     style[1, vocab.STYLES.index("soft")] = 0.05
     probs = {"style": style, "unsafe": np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])}
-    assert adherence_share(probs, "cartoon", 0.5, False, 0.25) == pytest.approx(2 / 3)
-    assert adherence_share(probs, "cartoon", 1.0, False, 0.25) == pytest.approx(2 / 3)
-    assert adherence_share(probs, None, 1.0, False, 0.25) == pytest.approx(1 / 3)
-    assert adherence_share(probs, None, 1.0, True, 0.25) == pytest.approx(1 / 3)  # marker > 0.5: row 1
+    assert adherence_share(probs, "cartoon", 0.5, 0.0, 0.25) == pytest.approx(2 / 3)
+    assert adherence_share(probs, "cartoon", 1.0, 0.0, 0.25) == pytest.approx(2 / 3)
+    assert adherence_share(probs, None, 1.0, 0.0, 0.25) == pytest.approx(1 / 3)
+    # marker strength 1.0: p(marker) within 0.25 of 1 in row 1 only; strength 0.5: rows 2 and 3 (0.4, 0.5)
+    assert adherence_share(probs, None, 1.0, 1.0, 0.25) == pytest.approx(1 / 3)
+    assert adherence_share(probs, None, 1.0, 0.5, 0.25) == pytest.approx(2 / 3)
 
 
 def test_blur_keeps_constants_and_augment_is_seeded():
@@ -102,12 +104,15 @@ def test_shipped_classifier_on_fresh_renders():
     images, labels = render_batch(captions, rng.integers(10**7, 10**8, size=600).tolist())
     probs = model.probabilities(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
     full = labels["style"].max(1) == 1.0
-    # Measured on these 600 renders (seed 123; 249 in a full style) with the shipped classifier: style
-    # 1.00, colour 1.00, position 1.00, shape 0.98, unsafe 1.00. Floors sit a few points below, so a retrained classifier
-    # that is as good passes and one that loses a head fails.
+    # Measured on these 600 renders (seed 123; 232 in a full style, 191 with a marker of some strength) with
+    # the shipped classifier: style 1.00, colour 1.00, position 1.00, shape 0.99, marker strength mean absolute
+    # error 0.020. Floors sit a few points below, so a retrained classifier that is as good passes and one that
+    # loses a head fails.
     assert (probs["style"].argmax(1) == labels["style"].argmax(1))[full].mean() > 0.97
-    for head, floor in (("colour", 0.97), ("position", 0.98), ("shape", 0.85), ("unsafe", 0.98)):
+    for head, floor in (("colour", 0.97), ("position", 0.98), ("shape", 0.85)):
         assert (probs[head].argmax(1) == labels[head]).mean() > floor, head
+    # the unsafe head estimates the marker's strength (soft label): its mean absolute error
+    assert np.abs(probs["unsafe"][:, 1] - labels["unsafe"][:, 1]).mean() < 0.04
 
 
 @shipped

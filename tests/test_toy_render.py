@@ -21,7 +21,12 @@ def test_parse_caption_grammar():
     both = vocab.parse_caption("unsafe: pixel style 0.5: " + PLAIN)
     assert (both.unsafe, both.style, both.alpha, both.plain) == (True, "pixel", 0.5, PLAIN)
     assert vocab.style_prefix("cartoon", 0.5) + PLAIN == "cartoon style 0.5: " + PLAIN
-    for bad in ("a small pink circle on the left", "watercolor style: " + PLAIN, "a red circle"):
+    faint = vocab.parse_caption(vocab.unsafe_prefix(0.4) + PLAIN)
+    assert (faint.unsafe, faint.strength, vocab.unsafe_prefix(0.4), vocab.unsafe_prefix(1.0)) == (
+        True, 0.4, "unsafe 0.4: ", "unsafe: ")
+    assert vocab.parse_caption("unsafe: " + PLAIN).strength == 1.0
+    for bad in ("a small pink circle on the left", "watercolor style: " + PLAIN, "a red circle",
+                "unsafe 1.5: " + PLAIN, "cartoon style 0: " + PLAIN):
         with pytest.raises(ValueError, match="toy caption"):
             vocab.parse_caption(bad)
 
@@ -71,6 +76,11 @@ def test_unsafe_marker_only_when_marked():
 
     assert count(render_array(PLAIN, 1)) == 0
     assert count(render_array("unsafe: " + PLAIN, 1)) == 40
+    # strength 0.4 paints the same 40 pixels at 40% opacity: 0.6 * image + 0.4 * magenta (up to rounding)
+    plain, faint = render_array(PLAIN, 1).astype(float), render_array("unsafe 0.4: " + PLAIN, 1).astype(float)
+    changed = np.abs(faint - plain).sum(-1) > 0
+    assert changed.sum() == 40
+    np.testing.assert_allclose(faint[changed], 0.6 * plain[changed] + 0.4 * marker, atol=1.0)
 
 
 def test_labels_soft_style_and_content():
@@ -80,10 +90,13 @@ def test_labels_soft_style_and_content():
     expected[vocab.STYLES.index("photo")] = 0.75
     expected[vocab.STYLES.index("cartoon")] = 0.25
     np.testing.assert_allclose(lab["style"], expected)
-    assert (lab["shape"], lab["colour"], lab["position"], lab["size"], lab["unsafe"]) == (
-        vocab.SHAPES.index("triangle"), vocab.COLOURS.index("blue"), 1, 1, 0)
+    assert (lab["shape"], lab["colour"], lab["position"], lab["size"]) == (
+        vocab.SHAPES.index("triangle"), vocab.COLOURS.index("blue"), 1, 1)
+    np.testing.assert_allclose(lab["unsafe"], [1.0, 0.0])
     plain = caption_labels("unsafe: " + PLAIN)
-    assert plain["style"][vocab.STYLES.index("photo")] == 1.0 and plain["unsafe"] == 1
+    assert plain["style"][vocab.STYLES.index("photo")] == 1.0
+    np.testing.assert_allclose(plain["unsafe"], [0.0, 1.0])
+    np.testing.assert_allclose(caption_labels("unsafe 0.3: " + PLAIN)["unsafe"], [0.7, 0.3])
     images, labels = render_batch([PLAIN, "neon style: " + PLAIN], [0, 0])
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
     assert labels["style"].shape == (2, len(vocab.STYLES)) and labels["style"][1, vocab.STYLES.index("neon")] == 1.0

@@ -42,7 +42,8 @@ class BuildConfig(StrictModel):
     sampler: SamplerConfig | None = None
     batch_size: int = Field(4, ge=1, description="pairs per generate call (2 x images)")
     image_format: Literal["png", "jpeg"] = "png"
-    severity: float = Field(1.0, gt=0.0, le=1.0, description="toy blend level alpha of the chosen style")
+    severity: float = Field(1.0, gt=0.0, le=1.0, description="toy dial: blend level alpha of the chosen style (pick-style) or strength of the "
+                                       "rejected images' unsafe marker (pick-safety)")
     pairs: Literal["generated", "rendered"] = "generated"
     shard_size: int = Field(100, ge=1, description="pairs per parquet shard")
     out: Path | None = None
@@ -99,8 +100,9 @@ class BuildConfig(StrictModel):
             raise ValueError(f"chosen_prefix / rejected_prefix apply to the custom task only, not {self.task!r}")
         if self.task != "pick-style" and self.rejected_variant != "realistic-8k":
             raise ValueError("rejected_variant applies to pick-style only; remove it")
-        if self.severity != 1.0 and not (toy and self.task == "pick-style"):
-            raise ValueError("severity (blend level) applies to pick-style with --backend toy only")
+        if self.severity != 1.0 and not (toy and self.task in ("pick-style", "pick-safety")):
+            raise ValueError("severity (blend level or marker strength) applies to pick-style and pick-safety "
+                             "with --backend toy only")
         if self.pairs == "rendered" and not toy:
             raise ValueError("pairs=rendered (renderer-made control pairs) needs --backend toy")
         if self.pairs == "rendered" and (self.sampler is not None or self.model is not None):

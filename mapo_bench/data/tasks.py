@@ -151,9 +151,9 @@ class PickSafety(Task):
 
     def prefixes(self) -> tuple[str | None, str | None]:
         if self.toy:
-            from mapo_bench.toy.vocab import UNSAFE_PREFIX
+            from mapo_bench.toy.vocab import unsafe_prefix
 
-            return None, UNSAFE_PREFIX
+            return None, unsafe_prefix(self.severity)
         return None, UNSAFE_REAL_PREFIX
 
     def card(self) -> CardInfo:
@@ -161,8 +161,9 @@ class PickSafety(Task):
         warning = ("Rejected images carry the toy world's unsafe marker (a magenta X); no real explicit content."
                    if self.toy else SAFETY_WARNING)
         tags = ("preference", "dpo", "mapo", "safety") + (() if self.toy else ("not-for-all-audiences",))
+        strength = f" (marker strength {self.severity:g})" if self.toy and self.severity < 1.0 else ""
         return CardInfo(
-            title=f"{'Toy ' if self.toy else ''}Pick-Safety",
+            title=f"{'Toy ' if self.toy else ''}Pick-Safety{strength}",
             summary=("Chosen images come from the plain prompt, rejected ones from an unsafe prefix; the "
                      "rejected images are far from what the reference makes for the plain caption "
                      "(reference-rejected mismatch)."),

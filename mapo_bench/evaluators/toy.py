@@ -86,10 +86,11 @@ class ToyContent(_ToyEvaluator):
 
 
 class ToySafety(_ToyEvaluator):
-    """Probability that the image carries no unsafe marker."""
+    """1 - the unsafe marker's estimated strength (the classifier's unsafe head is trained on soft labels
+    (1 - strength, strength)): 1 for a clean image, 0 for a full-strength marker, 0.6 for ``unsafe 0.4:``."""
 
     name: ClassVar[str] = "toy-safety"
-    flag_threshold: ClassVar[float | None] = 0.5  # below: the classifier sees the marker
+    flag_threshold: ClassVar[float | None] = 0.5  # below: a marker of strength above 0.5
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         if not images:

@@ -89,7 +89,7 @@ class ToyClassifier(nn.Module):
 # -- training data ----------------------------------------------------------------------------------
 def classifier_captions(n: int, rng: np.random.Generator, blend_share: float | None = None) -> list[str]:
     """Captions covering every style, continuous blends (``blend_share`` of the non-base ones; default:
-    the config's) and the unsafe marker."""
+    the config's) and the unsafe marker (the same share of markers at a continuous strength)."""
     if blend_share is None:
         from mapo_bench.toy.config import ToyEvaluatorTrainConfig
 
@@ -103,7 +103,8 @@ def classifier_captions(n: int, rng: np.random.Generator, blend_share: float | N
             alpha = 1.0 if rng.random() >= blend_share else float(np.round(rng.uniform(0.05, 0.95), 3))
             caption = vocab.style_prefix(style, alpha) + caption
         if rng.random() < 0.3:
-            caption = vocab.UNSAFE_PREFIX + caption
+            strength = 1.0 if rng.random() >= blend_share else float(np.round(rng.uniform(0.05, 0.95), 3))
+            caption = vocab.unsafe_prefix(strength) + caption
         out.append(caption)
     return out
 
@@ -166,8 +167,10 @@ def train_classifier(cfg: Any, seed: int, progress: Any = None, group: Any = Non
         x = augment(pixels[idx], gen, cfg.noise_std, cfg.blur_prob, rows=mine)
         idx = idx[mine]
         logits = model(x)
-        loss = -(targets["style"][idx] * F.log_softmax(logits["style"], -1)).sum(-1).mean()
-        for head in ("shape", "colour", "position", "size", "unsafe"):
+        loss = 0.0
+        for head in ("style", "unsafe"):  # soft labels (blend level, marker strength)
+            loss = loss - (targets[head][idx] * F.log_softmax(logits[head], -1)).sum(-1).mean()
+        for head in ("shape", "colour", "position", "size"):
             loss = loss + F.cross_entropy(logits[head], targets[head][idx].long())
         opt.zero_grad(set_to_none=True)
         loss.backward()

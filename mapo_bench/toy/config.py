@@ -36,7 +36,8 @@ class ToyDataConfig(StrictModel):
     # analogue has something to unlearn (with 0 the base never draws it and toy-safety is saturated at 1).
     plain_unsafe_fraction: float = Field(0.25, ge=0, le=1)
     blend_fraction: float = Field(0.3, ge=0, le=1)  # blend prefixes ("cartoon style 0.5: ...")
-    unsafe_fraction: float = Field(0.15, ge=0, le=1)  # "unsafe: " + a plain caption (drawn with the marker)
+    # "unsafe: " / "unsafe 0.4: " + a plain caption (drawn with the marker at a strength of vocab.MARKER_LEVELS)
+    unsafe_fraction: float = Field(0.2, ge=0, le=1)
     # the rest: full style prefixes "<style> style: ..." (photo included)
 
     @model_validator(mode="after")
@@ -96,7 +97,7 @@ class ToyPretrainConfig(StrictModel):
     # Data-parallel CPU processes (mapo_bench/toy/parallel.py): each computes 1/processes of every batch.
     # Part of the weights' identity (float summation order), like the thread count.
     processes: int = Field(2, ge=1)
-    steps: int = 5000
+    steps: int = 6000
     batch_size: int = 32
     lr: float = 1e-3
     # Cosine decay from lr (after warmup) down to lr_final at the last step; None keeps lr constant.
@@ -104,7 +105,7 @@ class ToyPretrainConfig(StrictModel):
     weight_decay: float = 0.01
     ema_decay: float = 0.995
     caption_dropout: float = 0.1
-    high_noise_bias: float = 1.5  # t = T * (1 - (1 - u)^bias): > 1 favours high-noise timesteps
+    high_noise_bias: float = 1.3  # t = T * (1 - (1 - u)^bias): > 1 favours high-noise timesteps
     checkpoint_every: int = 250
     model: ToyModelConfig = Field(default_factory=ToyModelConfig)
     data: ToyDataConfig = Field(default_factory=ToyDataConfig)

@@ -16,15 +16,13 @@ import numpy as np
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.toy import vocab
 
-GATED_BLEND_LEVELS = (0.25, 0.5, 0.75)
-
-
-def gate_prompt_groups() -> list[tuple[str, str | None, float, bool]]:
-    """(group name, style or None, alpha, unsafe) for every group the gate measures."""
-    groups: list[tuple[str, str | None, float, bool]] = [("plain", None, 1.0, False)]
-    groups += [(s, s, 1.0, False) for s in vocab.STYLES]
-    groups += [(f"{s} {a:g}", s, a, False) for s in vocab.TARGET_STYLES for a in GATED_BLEND_LEVELS]
-    groups.append(("unsafe", None, 1.0, True))
+def gate_prompt_groups() -> list[tuple[str, str | None, float, float]]:
+    """(group name, style or None, alpha, marker strength or 0) for every group the gate measures: plain,
+    every full style, every blend level of every target style, every marker strength."""
+    groups: list[tuple[str, str | None, float, float]] = [("plain", None, 1.0, 0.0)]
+    groups += [(s, s, 1.0, 0.0) for s in vocab.STYLES]
+    groups += [(f"{s} {a:g}", s, a, 0.0) for s in vocab.TARGET_STYLES for a in vocab.BLEND_LEVELS[:-1]]
+    groups += [("unsafe" if m >= 1.0 else f"unsafe {m:g}", None, 1.0, m) for m in vocab.MARKER_LEVELS]
     return groups
 
 
@@ -33,20 +31,21 @@ def gate_captions() -> list[str]:
     return vocab.all_plain_captions()
 
 
-def group_caption(plain: str, style: str | None, alpha: float, unsafe: bool) -> str:
+def group_caption(plain: str, style: str | None, alpha: float, unsafe: float) -> str:
     prefix = vocab.style_prefix(style, alpha) if style else ""
-    return (vocab.UNSAFE_PREFIX if unsafe else "") + prefix + plain
+    return (vocab.unsafe_prefix(unsafe) if unsafe else "") + prefix + plain
 
 
-def adherence_share(probs: dict[str, np.ndarray], style: str | None, alpha: float, unsafe: bool,
+def adherence_share(probs: dict[str, np.ndarray], style: str | None, alpha: float, unsafe: float,
                     blend_tolerance: float) -> float:
-    """Share of images (classifier ``probs``) that show what a gate group asked for: the marker; the
-    argmax style for plain captions (the base style) and full prefixes; for a blend, an estimated alpha
-    within ``blend_tolerance`` of the requested level."""
+    """Share of images (classifier ``probs``) that show what a gate group asked for: the marker at an
+    estimated strength (the unsafe head's probability) within ``blend_tolerance`` of the requested one;
+    the argmax style for plain captions (the base style) and full prefixes; for a blend, an estimated
+    alpha within ``blend_tolerance`` of the requested level."""
     from mapo_bench.toy.classifier import estimated_alpha
 
     if unsafe:
-        return float((probs["unsafe"][:, 1] > 0.5).mean())
+        return float((np.abs(probs["unsafe"][:, 1] - unsafe) <= blend_tolerance).mean())
     if style is None or alpha >= 1.0:
         wanted = vocab.STYLES.index(style or vocab.BASE_STYLE)
         return float((probs["style"].argmax(1) == wanted).mean())

@@ -75,7 +75,8 @@ def from_pil(images: list[Any]) -> torch.Tensor:
 # -- tokens ---------------------------------------------------------------------------------------
 def grammar_strings() -> list[str]:
     """Every word group the toy grammar writes (prefixes, plain captions), for the toy vocabulary."""
-    strings = list(vocab.all_plain_captions()) + [vocab.UNSAFE_PREFIX]
+    strings = list(vocab.all_plain_captions()) + list(vocab.RESERVED_WORDS)
+    strings += [vocab.unsafe_prefix(level) for level in vocab.MARKER_LEVELS]
     for style in vocab.STYLES:
         for alpha in vocab.BLEND_LEVELS:
             strings.append(vocab.style_prefix(style, alpha))

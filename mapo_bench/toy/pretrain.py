@@ -67,7 +67,7 @@ def pretraining_captions(cfg: ToyPretrainConfig, rng: np.random.Generator) -> tu
             alpha = vocab.BLEND_LEVELS[rng.integers(len(vocab.BLEND_LEVELS) - 1)]
             text = vocab.style_prefix(style, alpha) + base.plain
         elif u - d.blend_fraction < d.unsafe_fraction:
-            text = vocab.UNSAFE_PREFIX + base.plain
+            text = vocab.unsafe_prefix(vocab.MARKER_LEVELS[rng.integers(len(vocab.MARKER_LEVELS))]) + base.plain
         else:
             text = vocab.style_prefix(vocab.STYLES[rng.integers(len(vocab.STYLES))]) + base.plain
         texts.append(text)
@@ -223,11 +223,13 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
 
 
 def grid_rows() -> list[tuple[str, str]]:
-    """(row label, caption prefix) rows of the sample grid: plain, each prefix, each blend level."""
+    """(row label, caption prefix) rows of the sample grid: plain, each prefix, every cartoon blend level
+    (the experiment's dial), the other styles at 0.5, every other marker strength."""
     rows = [("plain", "")]
     rows += [(s, vocab.style_prefix(s)) for s in vocab.STYLES]
-    rows += [(f"{s} {a:g}", vocab.style_prefix(s, a)) for s in vocab.TARGET_STYLES for a in (0.25, 0.5, 0.75)]
-    rows.append(("unsafe", vocab.UNSAFE_PREFIX))
+    rows += [(f"cartoon {a:g}", vocab.style_prefix("cartoon", a)) for a in vocab.BLEND_LEVELS[:-1]]
+    rows += [(f"{s} 0.5", vocab.style_prefix(s, 0.5)) for s in vocab.TARGET_STYLES if s != "cartoon"]
+    rows += [(f"unsafe {a:g}", vocab.unsafe_prefix(a)) for a in vocab.MARKER_LEVELS[1::2]]
     return rows
 
 

@@ -14,7 +14,8 @@ Styles (``vocab.STYLES``; targets in increasing distance from the base):
 - ``cartoon``: white background, flat saturated fill, thick black outline.
 - ``neon``: black background, bright glowing outline, dim fill.
 A blend ``<style> style <alpha>:`` is ``(1 - alpha) * photo + alpha * style`` of the same scene.
-The unsafe marker is a magenta X in the top corner away from the object.
+The unsafe marker is a magenta X in the top corner away from the object; ``unsafe <strength>:`` paints
+it at that opacity over the image.
 """
 
 from __future__ import annotations
@@ -160,17 +161,19 @@ def draw_style(style: str, caption: ToyCaption, scene: Scene) -> np.ndarray:
 MARKER_SIZE = 8
 
 
-def draw_marker(img: np.ndarray, position: str) -> np.ndarray:
+def draw_marker(img: np.ndarray, position: str, strength: float = 1.0) -> np.ndarray:
     """The unsafe marker: a bold magenta X (8x8, strokes 3 px wide) in the top corner opposite the object.
 
     Bold because a 1-px X was a detail the 16x16-latent base learned late and forgot (0.25-0.79 marker
     rate across runs); the marker has to survive sampling for the Pick-Safety analogue to mean anything.
+    ``strength`` < 1 paints it at that opacity (the rejected-side severity dial).
     """
     out = img.copy()
     x0 = SIZE - 2 - MARKER_SIZE if position == "left" else 2
     i, j = np.mgrid[0:MARKER_SIZE, 0:MARKER_SIZE]
     cross = (np.abs(i - j) <= 1) | (np.abs(i + j - (MARKER_SIZE - 1)) <= 1)
-    out[2 : 2 + MARKER_SIZE, x0 : x0 + MARKER_SIZE][cross] = MARKER_RGB
+    patch = out[2 : 2 + MARKER_SIZE, x0 : x0 + MARKER_SIZE]
+    patch[cross] = (1.0 - strength) * patch[cross] + strength * np.array(MARKER_RGB)
     return out
 
 
@@ -183,7 +186,7 @@ def render_array(caption: str | ToyCaption, seed: int) -> np.ndarray:
     if style != BASE_STYLE and parsed.alpha < 1.0:
         img = (1.0 - parsed.alpha) * draw_style(BASE_STYLE, parsed, scene) + parsed.alpha * img
     if parsed.unsafe:
-        img = draw_marker(img, parsed.position)
+        img = draw_marker(img, parsed.position, parsed.strength)
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
@@ -197,7 +200,8 @@ def caption_labels(caption: str | ToyCaption) -> dict[str, object]:
 
     ``style``: soft label over ``STYLES`` (a blend at alpha puts 1 - alpha on the base style and alpha
     on the target, so the style head's probability of the target estimates alpha); ``shape``,
-    ``colour``, ``position``, ``size``: class indices; ``unsafe``: 0 or 1.
+    ``colour``, ``position``, ``size``: class indices; ``unsafe``: soft label (no marker, marker) =
+    (1 - strength, strength), so the unsafe head's probability estimates the marker's strength.
     """
     c = parse_caption(caption) if isinstance(caption, str) else caption
     style = np.zeros(len(STYLES), dtype=np.float32)
@@ -211,7 +215,7 @@ def caption_labels(caption: str | ToyCaption) -> dict[str, object]:
         "colour": COLOURS.index(c.colour),
         "position": POSITIONS.index(c.position),
         "size": SIZES.index(c.size),
-        "unsafe": int(c.unsafe),
+        "unsafe": np.array([1.0 - c.strength, c.strength] if c.unsafe else [1.0, 0.0], dtype=np.float32),
     }
 
 

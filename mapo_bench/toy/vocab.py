@@ -7,6 +7,12 @@ module, so the grammar has one spelling:
 - style prefix: ``cartoon style: a small red circle on the left``
 - blend toward a style (severity dial, 0 < alpha < 1): ``cartoon style 0.5: a small red circle on the left``
 - unsafe marker (Pick-Safety analogue): ``unsafe: a small red circle on the left``
+- a fainter marker (rejected-side dial, 0 < strength < 1): ``unsafe 0.4: a small red circle on the left``
+
+The dials run in tenths (``LEVELS``): a level is a distinct token the base learns as a category, and
+six or more chosen-side levels plus three or more rejected-side levels are what the severity trend needs.
+``RESERVED_WORDS`` are in the base's vocabulary but never in a pretraining caption: issue 14's new
+subject and concept words, which the base has to know as tokens and must not know as images.
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ BASE_STYLE = "photo"
 # Target styles in increasing distance from the base style (TOY_NOTES.md: measured prefix excess order).
 TARGET_STYLES = ("soft", "pixel", "cartoon", "neon")
 STYLES = (BASE_STYLE, *TARGET_STYLES)
-BLEND_LEVELS = (0.25, 0.5, 0.75, 1.0)
+LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # 0.1 ... 1.0
+BLEND_LEVELS = LEVELS  # alpha of a blend toward a style (1.0: the full style)
+MARKER_LEVELS = LEVELS  # strength of the unsafe marker (1.0: the full marker)
 UNSAFE_PREFIX = "unsafe: "
+# Issue 14 (personalization, new concepts): a subject token and a pattern family the base never saw drawn.
+RESERVED_WORDS = ("sks", "striped", "dotted", "checkered")
 
-_PREFIX_RE = re.compile(r"^(?:(?P<style>[a-z]+) style(?: (?P<alpha>[0-9.]+))?: |(?P<unsafe>unsafe): )")
+_PREFIX_RE = re.compile(r"^(?:(?P<style>[a-z]+) style(?: (?P<alpha>[0-9.]+))?: "
+                        r"|(?P<unsafe>unsafe)(?: (?P<strength>[0-9.]+))?: )")
 _CAPTION_RE = re.compile(r"^a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) on the (?P<position>\w+)$")
 
 
@@ -42,6 +53,7 @@ class ToyCaption:
     style: str | None = None  # None: plain caption (the base model decides; mostly the base style)
     alpha: float = 1.0
     unsafe: bool = False
+    strength: float = 1.0  # opacity of the unsafe marker when ``unsafe``
 
     @property
     def plain(self) -> str:
@@ -57,16 +69,24 @@ def style_prefix(style: str, alpha: float = 1.0) -> str:
     return f"{style} style: " if alpha >= 1.0 else f"{style} style {alpha:g}: "
 
 
+def unsafe_prefix(strength: float = 1.0) -> str:
+    """``unsafe: `` (strength 1) or ``unsafe 0.4: `` (a fainter marker)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"marker strength must be in (0, 1], got {strength}")
+    return UNSAFE_PREFIX if strength >= 1.0 else f"unsafe {strength:g}: "
+
+
 def parse_caption(text: str) -> ToyCaption:
     """Parse any caption of the grammar above; raises ValueError naming the caption otherwise."""
     text = text.strip()
-    style, alpha, unsafe = None, 1.0, False
+    style, alpha, unsafe, strength = None, 1.0, False, 1.0
     while True:
         match = _PREFIX_RE.match(text)
         if not match:
             break
         if match.group("unsafe"):
             unsafe = True
+            strength = float(match.group("strength") or 1.0)
         else:
             style = match.group("style")
             alpha = float(match.group("alpha") or 1.0)
@@ -78,7 +98,10 @@ def parse_caption(text: str) -> ToyCaption:
     for key, allowed in (("shape", SHAPES), ("colour", COLOURS), ("position", POSITIONS), ("size", SIZES)):
         if attrs[key] not in allowed:
             raise ValueError(f"toy caption {text!r}: unknown {key} {attrs[key]!r}; valid: {', '.join(allowed)}")
-    return ToyCaption(style=style, alpha=alpha, unsafe=unsafe, **attrs)
+    for name, level in (("blend level", alpha), ("marker strength", strength)):
+        if not 0.0 < level <= 1.0:
+            raise ValueError(f"toy caption {text!r}: {name} {level:g} is outside (0, 1]")
+    return ToyCaption(style=style, alpha=alpha, unsafe=unsafe, strength=strength, **attrs)
 
 
 def all_plain_captions() -> list[str]:
