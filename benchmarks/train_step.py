@@ -10,6 +10,7 @@ steps, then times ``repeats`` optimizer steps on one fixed batch. Peak memory = 
 min-max, peak memory, and the MaPO/DPO ratios (published at SDXL scale: time 0.855, memory 0.825).
 
     python benchmarks/train_step.py                      # tiny SDXL on the CPU (built in a temp dir)
+    python benchmarks/train_step.py --backend sd3        # tiny SD3 (or flux, sd15) on the CPU
     python benchmarks/train_step.py --model PATH --resolution 1024 --batch-size 2 \\
         --mixed-precision fp16 --gradient-checkpointing   # a realistic size on a GPU
 """
@@ -132,10 +133,14 @@ def build_inputs(args: argparse.Namespace, folder: Path) -> tuple[str, Path]:
     from pairs_fixture import write_pairs
 
     model = args.model
-    if model is None:
-        from mapo_bench.testing import build_tiny_sdxl
+    if model is None:  # a tiny model of the chosen family, built here
+        import mapo_bench.testing as kit
 
-        model = str(build_tiny_sdxl(folder / "tiny-sdxl"))
+        builders = {"sdxl": kit.build_tiny_sdxl, "sd15": kit.build_tiny_sd15, "sd3": kit.build_tiny_sd3,
+                    "flux": kit.build_tiny_flux}
+        if args.backend not in builders:
+            raise SystemExit(f"--backend {args.backend}: no tiny builder; pass --model")
+        model = str(builders[args.backend](folder / f"tiny-{args.backend}"))
     size = (args.resolution, args.resolution)
     pairs = write_pairs(folder / "pairs", n=max(8, args.batch_size * args.grad_accum), size=size)
     return model, pairs
@@ -158,7 +163,7 @@ def summarize(times: list[float]) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder or id (default: a tiny SDXL built here)")
+    parser.add_argument("--model", help="model folder or id (default: a tiny model of --backend built here)")
     parser.add_argument("--backend", default="sdxl")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -46,6 +46,7 @@ class MismatchConfig(StrictModel):
     feature_model: str = "openai/clip-vit-large-patch14"
     resamples: int = 1000
     out: Path | None = None  # None: <dataset>/severity.json
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load (e.g. sd3: {text_encoder_3: null}; flux: {guidance: 3.5}; flow families: weighting_scheme, loss_weighting)")
 
 
 def read_pairs(folder: Path, max_pairs: int | None) -> Any:
@@ -107,8 +108,7 @@ def grid_errors(backend: Any, images: list[Any], captions: list[str], cfg: Misma
         size = images[0].size
         cond.update(backend.image_conditioning([(size[1], size[0])] * len(images), [(0, 0)] * len(images),
                                                (size[1], size[0])))
-        total_steps = backend.noise_scheduler.config.num_train_timesteps
-        steps = [int((k + 0.5) * total_steps / cfg.timesteps) for k in range(cfg.timesteps)]
+        steps = backend.severity_timesteps(cfg.timesteps)
         total = torch.zeros(len(images))
         for k_t, t in enumerate(steps):
             for k_n in range(cfg.noises):
@@ -116,9 +116,9 @@ def grid_errors(backend: Any, images: list[Any], captions: list[str], cfg: Misma
                     torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(
                         hash_seed(cfg.seed, pair_id, k_t * cfg.noises + k_n)))
                     for pair_id in pair_ids]).to(latents.device, latents.dtype)
-                timesteps = torch.full((len(images),), t, dtype=torch.long, device=latents.device)
-                noisy = backend.noise_scheduler.add_noise(latents, noise, timesteps)
-                pred = backend.predict(backend.unet, noisy, timesteps, cond)
+                timesteps = backend.timestep_tensor(t, len(images), latents.device)
+                noisy = backend.add_noise(latents, noise, timesteps)
+                pred = backend.predict(backend.denoiser, noisy, timesteps, cond)
                 total += per_sample_error(pred, backend.target(latents, noise, timesteps)).cpu()
     return (total / (cfg.timesteps * cfg.noises)).numpy()
 
@@ -169,7 +169,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     if len(frame) < 2:
         raise MapoBenchError(f"{cfg.dataset}: {len(frame)} non-tie pairs; severity needs at least 2")
     with watch.time("load"):
-        backend = load_backend(cfg.backend, cfg.reference, dtype=cfg.dtype, device=cfg.device)
+        backend = load_backend(cfg.backend, cfg.reference, dtype=cfg.dtype, device=cfg.device, **cfg.backend_options)
     images = {side: [decode(frame.iloc[i][f"jpg_{side}"], cfg.resolution) for i in range(len(frame))] for side in (0, 1)}
     has_prompts = {"prompt_0", "prompt_1"} <= set(frame.columns)
     errors: dict[str, np.ndarray] = {}

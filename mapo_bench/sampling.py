@@ -109,29 +109,12 @@ def load_model(cfg: SampleConfig, device: str) -> Any:
             if not Path(folder).exists():
                 raise MapoBenchError(f"{key}: {folder} not found; pass the folder written by `mapo-bench train`")
         return load_backend("toy", cfg.model, dtype=cfg.dtype, device=device, **extra)
-    backend = load_backend(cfg.backend, cfg.model, dtype=cfg.dtype, device=device)
+    backend = load_backend(cfg.backend, cfg.model, dtype=cfg.dtype, device=device, **cfg.backend_options)
     if cfg.unet is not None:
-        swap_unet(backend, Path(cfg.unet))
+        backend.set_denoiser(backend.load_denoiser(str(cfg.unet)))
     if cfg.lora is not None:
         load_lora(backend, Path(cfg.lora))
     return backend
-
-
-def swap_unet(backend: Any, folder: Path) -> None:
-    """Replace the backend's UNet by the fine-tuned one in ``folder`` (or ``folder/unet``)."""
-    from mapo_bench.backends.base import dtype_kwargs
-
-    if not folder.is_dir():
-        raise MapoBenchError(f"unet: {folder} is not a folder; pass the UNet folder written by `mapo-bench train`")
-    from diffusers import UNet2DConditionModel
-
-    subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
-    if not (folder / (subfolder or "") / "config.json").is_file():
-        raise MapoBenchError(f"unet: {folder} holds no config.json (a diffusers UNet folder is expected)")
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=subfolder, **dtype_kwargs(backend.dtype))
-    unet.to(backend.device)
-    backend.pipeline.unet = unet
-    backend.unet = unet
 
 
 def load_lora(backend: Any, folder: Path) -> None:

@@ -21,11 +21,11 @@ def test_tiny_sdxl_round_trips_and_generates_64px(tiny_sdxl):
 def test_tiny_sdxl_conditioning_sizes_agree(tiny_sdxl):
     backend = load_backend("sdxl", str(tiny_sdxl))
     cond = backend.encode_prompts(["a cat", "a dog"])
-    assert cond["encoder_hidden_states"].shape == (2, 77, backend.unet.config.cross_attention_dim)
+    assert cond["encoder_hidden_states"].shape == (2, 77, backend.denoiser.config.cross_attention_dim)
     cond.update(backend.image_conditioning([(64, 64), (80, 64)], [(0, 0), (8, 0)], (64, 64)))
     assert cond["time_ids"].tolist()[1] == [80, 64, 8, 0, 64, 64]
     latents = backend.encode_images(torch.rand(2, 3, 64, 64) * 2 - 1, torch.Generator().manual_seed(0))
-    pred = backend.predict(backend.unet, latents, torch.tensor([10, 900]), cond)
+    pred = backend.predict(backend.denoiser, latents, torch.tensor([10, 900]), cond)
     assert pred.shape == latents.shape == (2, 4, 32, 32)
 
 

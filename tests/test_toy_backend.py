@@ -56,7 +56,7 @@ def test_encode_is_lossless_and_shapes(backend):
     assert cond["encoder_hidden_states"].shape == (2, backend.pipeline.arch.max_length, width)
     assert cond["class_labels"].shape == (2, 2 * width)
     t = torch.tensor([10, 900])
-    pred = backend.predict(backend.unet, latents, t, cond)
+    pred = backend.predict(backend.denoiser, latents, t, cond)
     assert pred.shape == latents.shape
     noise = torch.randn_like(latents)
     assert backend.noise_scheduler.config.prediction_type == "v_prediction"
@@ -81,8 +81,8 @@ def test_full_unet_round_trip(backend, tiny_toy, tmp_path):
     from mapo_bench.toy.model import ToyPipeline
 
     tuned = ToyBackend.load(str(tiny_toy))
-    _perturb(tuned.unet)
-    tuned.save_unet(tuned.unet, str(tmp_path / "unet"))
+    _perturb(tuned.denoiser)
+    tuned.save_denoiser(tuned.denoiser, str(tmp_path / "unet"))
     expect = _pixels(tuned.generate(PROMPTS, [1, 2], FAST))
     for loaded in (ToyBackend.load(str(tiny_toy), unet=str(tmp_path / "unet")),
                    ToyBackend(ToyPipeline.from_pretrained(tiny_toy, unet=tmp_path / "unet"), "x", "cpu", torch.float32,
@@ -99,9 +99,9 @@ def test_lora_round_trip(tiny_toy, tmp_path):
     from mapo_bench.backends.toy import ToyBackend
 
     tuned = ToyBackend.load(str(tiny_toy))
-    tuned.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=tuned.lora_target_modules(),
+    tuned.denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=tuned.lora_target_modules(),
                                       init_lora_weights="gaussian"))
-    lora_params = [p for n, p in tuned.unet.named_parameters() if "lora_B" in n]
+    lora_params = [p for n, p in tuned.denoiser.named_parameters() if "lora_B" in n]
     assert lora_params
     with torch.no_grad():  # lora_B starts at zero: make the adapter do something
         for i, p in enumerate(lora_params):
@@ -110,13 +110,13 @@ def test_lora_round_trip(tiny_toy, tmp_path):
     cond = tuned.encode_prompts(PROMPTS)
     t = torch.tensor([500, 500])
     with torch.no_grad():
-        expect = tuned.predict(tuned.unet, latents, t, cond)
-    tuned.save_lora(tuned.unet, str(tmp_path / "lora"))
+        expect = tuned.predict(tuned.denoiser, latents, t, cond)
+    tuned.save_lora(tuned.denoiser, str(tmp_path / "lora"))
     loaded = ToyBackend.load(str(tiny_toy), lora=str(tmp_path / "lora"))
     plain = ToyBackend.load(str(tiny_toy))
     with torch.no_grad():
-        got = loaded.predict(loaded.unet, latents, t, cond)
-        base = plain.predict(plain.unet, latents, t, cond)
+        got = loaded.predict(loaded.denoiser, latents, t, cond)
+        base = plain.predict(plain.denoiser, latents, t, cond)
     torch.testing.assert_close(got, expect)
     assert (got - base).abs().max() > 1e-4
     assert loaded.record()["lora"].endswith("lora")

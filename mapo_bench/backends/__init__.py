@@ -1,4 +1,4 @@
-"""Model families. A backend is the only place that knows one (SDXL, SD1.5, toy)."""
+"""Model families. A backend is the only place that knows one (SDXL, SD1.5, SD3, FLUX, toy)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,14 @@
 """The Backend interface: everything the builder, the training loop and the sampler need from a model.
 
-The training loop sees only ``encode_images``, ``encode_prompts``, ``predict``, ``noise_scheduler`` and
-``target`` (DESIGN.md section 3). LoRA and full fine-tuning are options of the loop, not backends.
+A backend owns its family's knowledge: the denoiser it trains (``denoiser_name``: ``unet`` or
+``transformer``) and its LoRA targets, the noise process (training timesteps, noising, the training
+target, the severity grid), the denoiser call with its conditioning, and saving / loading fine-tunes in
+the format the family's diffusers pipeline reads. The training loop and the measuring stages call only
+these methods; nothing outside ``backends/`` imports a model class or calls a scheduler's noising method
+(DESIGN.md section 3). LoRA and full fine-tuning are options of the loop, not backends.
+
+The defaults here are the DDPM families' (SD1.5, SDXL, toy): integer timesteps, ``add_noise``, epsilon or
+v targets, diffusers LoRA export with ``unet_lora_layers``.
 """
 
 from __future__ import annotations
@@ -16,27 +23,6 @@ from mapo_bench.config import SamplerConfig
 Conditioning = dict[str, torch.Tensor]
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in table:
-        from mapo_bench.errors import MapoBenchError
-
-        raise MapoBenchError(f"unknown dtype {dtype!r}; valid: {', '.join(table)}")
-    return table[dtype]
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained`` dtype keyword: diffusers >= 0.42 names it ``dtype`` (``torch_dtype`` is deprecated)."""
-    from importlib.metadata import version
-
-    from packaging.version import Version
-
-    return {"dtype": dtype} if Version(version("diffusers")) >= Version("0.42") else {"torch_dtype": dtype}
-
-
 class Backend(ABC):
     """A loaded model of one family, with the operations every stage uses."""
 
@@ -45,12 +31,23 @@ class Backend(ABC):
     default_resolution: ClassVar[int]
     default_sampler: ClassVar[SamplerConfig] = SamplerConfig()
 
+    denoiser_name: ClassVar[str] = "unet"  # the pipeline component that is fine-tuned
+    lora_layers_argument: ClassVar[str] = "unet_lora_layers"  # its keyword in the pipeline's save_lora_weights
+
     model_id: str
     pipeline: Any
-    unet: torch.nn.Module
     noise_scheduler: Any  # a diffusers DDPMScheduler with the model's training config
     device: torch.device
     dtype: torch.dtype
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The module that is trained (the UNet of SD families, the transformer of flow families)."""
+        return getattr(self.pipeline, self.denoiser_name)
+
+    def set_denoiser(self, module: torch.nn.Module) -> None:
+        """Put a fine-tuned denoiser into the pipeline (sampling a full fine-tune)."""
+        setattr(self.pipeline, self.denoiser_name, module)
 
     @classmethod
     @abstractmethod
@@ -88,9 +85,42 @@ class Backend(ABC):
         return {}
 
     @abstractmethod
-    def predict(self, unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+    def predict(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
                 conditioning: Conditioning) -> torch.Tensor:
-        """One UNet call: the model prediction (epsilon or v) for ``noisy`` at ``timesteps``."""
+        """One denoiser call: the model prediction (epsilon, v or velocity) for ``noisy`` at ``timesteps``."""
+
+    # -- the noise process --------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        """T of the training schedule (MaPO's margin scale, the severity grid's range)."""
+        return int(self.noise_scheduler.config.num_train_timesteps)
+
+    def training_noise(self, x0: torch.Tensor, pairs: int, generator: torch.Generator,
+                       shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, timesteps) of one training micro-batch: one timestep and one noise per pair, shared by its
+        chosen and rejected images when ``shared`` (REFERENCE.md 2). DDPM: integer t uniform in [0, T)."""
+        t = torch.randint(0, self.num_train_timesteps, (pairs,), generator=generator)
+        noise = torch.randn((pairs, *x0.shape[1:]), generator=generator, dtype=torch.float32)
+        if shared:
+            t, noise = t.repeat(2), noise.repeat(2, 1, 1, 1)
+        return noise.to(x0.device), t.to(x0.device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noisy input at ``timesteps`` (DDPM: sqrt(abar) x0 + sqrt(1 - abar) noise)."""
+        return self.noise_scheduler.add_noise(x0, noise, timesteps)
+
+    def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Optional per-sample weights of the errors at ``timesteps``, applied before the method's loss;
+        None: unweighted (the DDPM families; the flow families' weighting scheme, "none" by default)."""
+        return None
+
+    def severity_timesteps(self, count: int) -> list[int]:
+        """The fixed grid of the severity measures: ``count`` timesteps evenly spaced in (0, T)."""
+        return [int((k + 0.5) * self.num_train_timesteps / count) for k in range(count)]
+
+    def timestep_tensor(self, value: Any, batch: int, device: Any) -> torch.Tensor:
+        """A grid value of ``severity_timesteps`` as the batch's timestep tensor."""
+        return torch.full((batch,), value, dtype=torch.long, device=device)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What ``predict`` is trained to output: the noise (epsilon) or v = get_velocity(x0, noise, t)."""
@@ -102,14 +132,43 @@ class Backend(ABC):
         raise ValueError(f"unsupported prediction_type {kind!r}")
 
     # -- output ---------------------------------------------------------------------------------
-    @abstractmethod
-    def save_unet(self, unet: torch.nn.Module, folder: str) -> None:
-        """Save a fully fine-tuned UNet so this family's pipeline loads it (diffusers layout)."""
+    def save_denoiser(self, denoiser: torch.nn.Module, folder: str) -> None:
+        """Save a fully fine-tuned denoiser so this family's pipeline loads it (diffusers layout)."""
+        denoiser.save_pretrained(folder)
 
-    def save_lora(self, unet: torch.nn.Module, folder: str) -> Any:
-        """Optional: save LoRA weights in this family's own format. None means "use the pipeline's
-        ``save_lora_weights``" (diffusers families); the toy backend overrides it."""
-        return None
+    def load_denoiser(self, folder: str) -> torch.nn.Module:
+        """A fine-tuned denoiser saved by ``save_denoiser`` (``folder`` or ``folder/<denoiser_name>``)."""
+        from pathlib import Path
+
+        from mapo_bench.dtypes import dtype_kwargs
+        from mapo_bench.errors import MapoBenchError
+
+        path = Path(folder)
+        name = self.denoiser_name
+        if not path.is_dir():
+            raise MapoBenchError(f"{name}: {path} is not a folder; pass the {name} folder written by `mapo-bench train`")
+        subfolder = name if (path / name / "config.json").is_file() else None
+        if not (path / (subfolder or "") / "config.json").is_file():
+            raise MapoBenchError(f"{name}: {path} holds no config.json (a diffusers {name} folder is expected)")
+        module = type(self.denoiser).from_pretrained(str(path), subfolder=subfolder, **dtype_kwargs(self.dtype))
+        return module.to(self.device)
+
+    def save_lora(self, denoiser: torch.nn.Module, folder: str) -> Any:
+        """Save the denoiser's peft LoRA as ``pytorch_lora_weights.safetensors`` in the layout the family's
+        pipeline ``load_lora_weights`` reads (its ``save_lora_weights`` with ``lora_layers_argument``)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        from mapo_bench.errors import MapoBenchError
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+        pipeline_cls = type(self.pipeline)
+        if not hasattr(pipeline_cls, "save_lora_weights"):
+            raise MapoBenchError(f"backend {self.name!r}: its pipeline {pipeline_cls.__name__} cannot save LoRA "
+                                 "weights; train with lora.enabled=false")
+        pipeline_cls.save_lora_weights(save_directory=str(folder), safe_serialization=True,
+                                       **{self.lora_layers_argument: layers})
+        return folder
 
     def lora_target_modules(self) -> list[str]:
         """Module names LoRA adapts by default (REFERENCE.md section 3)."""

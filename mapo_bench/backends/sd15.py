@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from mapo_bench.backends.base import Backend, Conditioning, dtype_kwargs, resolve_dtype
+from mapo_bench.backends.base import Backend, Conditioning
 from mapo_bench.config import SamplerConfig
+from mapo_bench.dtypes import dtype_kwargs, resolve_dtype
+from mapo_bench.errors import MapoBenchError
 from mapo_bench.models import resolve_model
 
 # Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
@@ -29,7 +33,6 @@ class SD15Backend(Backend):
         self.model_id = model_id
         self.device = torch.device(device)
         self.dtype = dtype
-        self.unet = pipeline.unet
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.pipeline.set_progress_bar_config(disable=True)
 
@@ -45,6 +48,7 @@ class SD15Backend(Backend):
 
         torch_dtype = resolve_dtype(dtype)
         local = resolve_model(model, ignore_patterns=NON_PYTORCH_WEIGHTS)
+        cls.check_model_folder(Path(local), model)
         kwargs = cls.pipeline_kwargs()
         if vae:
             kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
@@ -53,6 +57,25 @@ class SD15Backend(Backend):
         pipe = pipeline_cls.from_pretrained(str(local), **dtype_kwargs(torch_dtype), **kwargs, **options)
         pipe.to(device)
         return cls(pipe, model, device, torch_dtype)
+
+    @classmethod
+    def check_model_folder(cls, folder: Path, model: str) -> dict[str, Any]:
+        """One line, before any weight is read, when ``folder`` holds another family's pipeline; returns its
+        ``model_index.json`` (empty when there is none: a single component folder)."""
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            return {}
+        index = json.loads(index_file.read_text())
+        found = index.get("_class_name")
+        if found and found != cls.pipeline_class_name:
+            from mapo_bench.registry import BACKENDS
+
+            owner = next((n for n in BACKENDS.names() if getattr(BACKENDS.get(n), "pipeline_class_name", None) == found),
+                         None)
+            hint = f"pass --backend {owner}" if owner else "no mapo-bench backend loads it"
+            raise MapoBenchError(f"{model}: a {found}, not the {cls.pipeline_class_name} backend {cls.name!r} "
+                                 f"loads; {hint}")
+        return index
 
     def record(self) -> dict[str, Any]:
         """What a dataset or sample manifest records about this model."""
@@ -78,10 +101,10 @@ class SD15Backend(Backend):
         return {}
 
     def default_size(self) -> int:
-        return int(self.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
+        return int(self.denoiser.config.sample_size) * int(self.pipeline.vae_scale_factor)
 
     def _initial_latents(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
-        channels = self.unet.config.in_channels
+        channels = self.denoiser.config.in_channels
         scale = self.pipeline.vae_scale_factor
         shape = (1, channels, height // scale, width // scale)
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
@@ -111,6 +134,3 @@ class SD15Backend(Backend):
     def predict(self, unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
                 conditioning: Conditioning) -> torch.Tensor:
         return unet(noisy, timesteps, encoder_hidden_states=conditioning["encoder_hidden_states"]).sample
-
-    def save_unet(self, unet: torch.nn.Module, folder: str) -> None:
-        unet.save_pretrained(folder)

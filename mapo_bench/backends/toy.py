@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from mapo_bench.backends.base import Backend, Conditioning, resolve_dtype
+from mapo_bench.backends.base import Backend, Conditioning
 from mapo_bench.config import SamplerConfig
+from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 
 
@@ -33,7 +34,6 @@ class ToyBackend(Backend):
         self.model_id = model_id
         self.device = torch.device(device)
         self.dtype = dtype
-        self.unet = pipeline.unet
         self.text_encoder = pipeline.text_encoder.requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_config(
             {k: v for k, v in pipeline.scheduler.config.items() if k != "timestep_spacing"})
@@ -130,12 +130,12 @@ class ToyBackend(Backend):
         return unet_forward(unet, noisy, timesteps, conditioning)
 
     # -- output ---------------------------------------------------------------------------------
-    def save_unet(self, unet: torch.nn.Module, folder: str) -> None:
+    def save_denoiser(self, denoiser: torch.nn.Module, folder: str) -> None:
         """diffusers layout; load back with ``--model <folder>`` or ``ToyPipeline.from_pretrained(base, unet=folder)``."""
-        unet.save_pretrained(folder)
+        denoiser.save_pretrained(folder)
 
-    def save_lora(self, unet: torch.nn.Module, folder: str) -> Path:
+    def save_lora(self, denoiser: torch.nn.Module, folder: str) -> Path:
         """peft LoRA weights as ``pytorch_lora_weights.safetensors``; load back with ``lora=``."""
         from mapo_bench.toy.model import save_lora
 
-        return save_lora(unet, folder)
+        return save_lora(denoiser, folder)

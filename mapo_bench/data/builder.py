@@ -222,7 +222,7 @@ class ImageSource:
         options: dict[str, Any] = {"dtype": self.cfg.dtype, "device": self.device}
         if self.cfg.vae:
             options["vae"] = self.cfg.vae
-        self.backend = load_backend(self.cfg.backend, self.model_id(), **options)
+        self.backend = load_backend(self.cfg.backend, self.model_id(), **options, **self.cfg.backend_options)
         if hasattr(self.backend, "check_gate"):  # the toy base: refuse one that failed its gate (DESIGN.md 6)
             self.backend.check_gate()
 

@@ -33,6 +33,7 @@ class BuildConfig(StrictModel):
     rejected_prefix: str | None = Field(None, description="custom task: prefix of the rejected prompt")
     model: str | None = Field(None, description="hub id or local path (None: the backend's default)")
     vae: str | None = Field(None, description="VAE override (hub id or local path)")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load (e.g. sd3: {text_encoder_3: null}; flux: {guidance: 3.5}; flow families: weighting_scheme, loss_weighting)")
     dtype: str = "float32"
     device: str = "cpu"
     prompts: str | None = Field(None, description="prompt source (None: builtin:train, or toy:train for toy)")

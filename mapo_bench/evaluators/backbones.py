@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mapo_bench.backends.base import resolve_dtype
+from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.models import resolve_model
 
 VIT_L14 = "openai/clip-vit-large-patch14"

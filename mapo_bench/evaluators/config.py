@@ -21,8 +21,9 @@ class SampleConfig(StrictModel):
     """``mapo-bench sample``: images of ``num_prompts`` prompts x ``seeds`` from one model."""
 
     model: str | None = None  # hub id or local path; None = the backend's default model
-    backend: Literal["sdxl", "sd15", "toy"] = "sdxl"
-    unet: Path | None = None  # fine-tuned UNet folder swapped into the pipeline
+    backend: str = "sdxl"  # a registered backend (checked against the registry)
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load (e.g. sd3: {text_encoder_3: null}; flux: {guidance: 3.5}; flow families: weighting_scheme, loss_weighting)")
+    unet: Path | None = None  # fine-tuned denoiser folder (UNet or transformer) swapped into the pipeline
     lora: Path | None = None  # LoRA folder loaded with pipe.load_lora_weights
     prompts: str = "builtin:test"  # a source for mapo_bench.data.prompts (builtin:test, toy:test, files, hf://)
     num_prompts: int | None = Field(default=None, ge=1)  # None = every prompt of the source
@@ -36,6 +37,13 @@ class SampleConfig(StrictModel):
     dtype: str = "float32"
     device: str | None = None  # None = cuda when available (per accelerate process), else cpu
     overwrite: bool = False  # replace a folder that holds samples of a different config
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        from mapo_bench.registry import BACKENDS
+
+        return BACKENDS.check(value)
 
     @field_validator("seeds")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mapo_bench.backends.base import resolve_dtype
+from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.evaluators.backbones import CLIP_MEAN, CLIP_STD, resolve_device, rgb, to_numpy64
 from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mapo_bench.backends.base import resolve_dtype
+from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.evaluators.backbones import (
     CONFIG_FILES,
     WEIGHT_FILES,

@@ -16,6 +16,7 @@ import numpy as np
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.toy import vocab
 
+
 def gate_prompt_groups() -> list[tuple[str, str | None, float, float]]:
     """(group name, style or None, alpha, marker strength or 0) for every group the gate measures: plain,
     every full style, every blend level of every target style, every marker strength."""

@@ -314,7 +314,7 @@ class ToyPipeline:
         from diffusers import DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        from mapo_bench.backends.base import dtype_kwargs
+        from mapo_bench.dtypes import dtype_kwargs
 
         folder = Path(folder)
         meta_path = folder / PIPELINE_FILE

@@ -35,13 +35,13 @@ FROZEN_NAMES = ("vae", "text_encoder", "text_encoder_2", "image_encoder")
 
 
 def frozen_modules(backend: Any) -> dict[str, torch.nn.Module]:
-    """The pipeline's torch modules other than the UNet (VAE, text encoders): never trained here."""
+    """The pipeline's torch modules other than the denoiser (VAE, text encoders): never trained here."""
     pipeline = backend.pipeline
     components = getattr(pipeline, "components", None)
     if not isinstance(components, dict):
         components = {name: getattr(pipeline, name, None) for name in FROZEN_NAMES}
     return {name: module for name, module in components.items()
-            if name != "unet" and isinstance(module, torch.nn.Module)}
+            if name != backend.denoiser_name and isinstance(module, torch.nn.Module)}
 
 
 def frozen_fingerprint(backend: Any) -> str:

@@ -36,19 +36,19 @@ def latest_checkpoint(work: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def trainable_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (all of them for a full fine-tune, the LoRA matrices otherwise)."""
-    return {name: p.detach().cpu().contiguous() for name, p in unet.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu().contiguous() for name, p in denoiser.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(work: Path, step: int, *, unet: torch.nn.Module, optimizer: Any, scheduler: Any,
+def save_checkpoint(work: Path, step: int, *, denoiser: torch.nn.Module, optimizer: Any, scheduler: Any,
                     generator_states: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep_last``."""
     from safetensors.torch import save_file
 
     final = Path(work) / CHECKPOINTS / checkpoint_name(step)
     with atomic_dir(final, overwrite=True) as tmp:
-        save_file(trainable_state(unet), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(denoiser), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         save_file({name: s.contiguous() for name, s in generator_states.items()}, str(tmp / "generators.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
@@ -70,8 +70,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "generators": load_file(str(path / "generators.safetensors")), **optim}
 
 
-def restore_trainable(unet: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
-    params = dict(unet.named_parameters())
+def restore_trainable(denoiser: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    params = dict(denoiser.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(tensors) != expected:
         extra = sorted(set(tensors) ^ expected)[:1]
@@ -80,23 +80,3 @@ def restore_trainable(unet: torch.nn.Module, tensors: dict[str, torch.Tensor], w
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(params[name].dtype))
-
-
-def export_lora(backend: Any, unet: torch.nn.Module, folder: Path) -> Path:
-    """Save the UNet's LoRA as ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights`` reads.
-
-    A backend's ``save_lora(unet, folder)`` may save its own format; otherwise the pipeline class's
-    ``save_lora_weights`` writes diffusers' layout from the peft state dict.
-    """
-    if backend.save_lora(unet, str(folder)) is not None:  # the family's own format (toy)
-        return Path(folder)
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    pipeline_cls = type(backend.pipeline)
-    if not hasattr(pipeline_cls, "save_lora_weights"):
-        raise MapoBenchError(f"backend {backend.name!r}: its pipeline {pipeline_cls.__name__} cannot save LoRA weights; "
-                             "train with lora.enabled=false")
-    pipeline_cls.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers, safe_serialization=True)
-    return Path(folder)

@@ -103,6 +103,7 @@ class TrainConfig(StrictModel):
     """Hub id or local path; None = the backend's default model."""
     vae: str | None = None
     """Optional VAE override (SDXL recipes: madebyollin/sdxl-vae-fp16-fix); always kept in float32."""
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load (e.g. sd3: {text_encoder_3: null}; flux: {guidance: 3.5}; flow families: weighting_scheme, loss_weighting)")
     dataset: str | None = None
     """Folder in the Pick-a-Pic layout (data/*.parquet), a parquet file, or a Hub dataset id."""
     out: Path | None = None

@@ -86,13 +86,3 @@ def make_batch(*, backend: Any, source: Any, selection: Any, indices: np.ndarray
     if uses_rejected:
         cond = repeat_conditioning(cond, 2)
     return Batch(x0=x0, conditioning=cond, pairs=b)
-
-
-def noise_and_timesteps(x0: torch.Tensor, pairs: int, num_train_timesteps: int, generator: torch.Generator,
-                        shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One timestep and one noise per pair, shared by its chosen and rejected images (REFERENCE.md 2)."""
-    t = torch.randint(0, num_train_timesteps, (pairs,), generator=generator)
-    noise = torch.randn((pairs, *x0.shape[1:]), generator=generator, dtype=torch.float32)
-    if shared:
-        t, noise = t.repeat(2), noise.repeat(2, 1, 1, 1)
-    return noise.to(x0.device), t.to(x0.device)

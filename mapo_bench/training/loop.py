@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mapo_bench import losses
-from mapo_bench.backends.base import resolve_dtype
+from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.methods import Errors
 from mapo_bench.training.config import TrainConfig, result_hash
@@ -103,10 +103,10 @@ class Trainer:
         options: dict[str, Any] = {"dtype": cfg.dtype, "device": str(self.accelerator.device)}
         if cfg.vae:
             options.update(vae=cfg.vae, vae_dtype="float32")
-        self.backend = load_backend(cfg.backend, cfg.model, **options)
+        self.backend = load_backend(cfg.backend, cfg.model, **options, **cfg.backend_options)
         self.model_id = cfg.model or self.backend.model_id
         self.resolution = cfg.effective_resolution(self.backend.default_resolution)
-        self.num_train_timesteps = int(self.backend.noise_scheduler.config.num_train_timesteps)
+        self.num_train_timesteps = self.backend.num_train_timesteps
         self._setup_data(use_cache)
         self._setup_model()
         self._setup_optimizer()
@@ -176,41 +176,48 @@ class Trainer:
         cfg = self.cfg
         for module in frozen_modules(self.backend).values():
             module.requires_grad_(False)
-        unet = self.backend.unet
+        denoiser = self.backend.denoiser
         self.reference = None
         self.adapters = None
         if cfg.lora.enabled:
             from peft import LoraConfig
 
-            unet.requires_grad_(False)
+            denoiser.requires_grad_(False)
             targets = cfg.lora.target_modules or self.backend.lora_target_modules()
-            unet.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha or cfg.lora.rank,
-                                        init_lora_weights="gaussian" if cfg.lora.init == "gaussian" else True,
-                                        target_modules=targets))
-            for p in unet.parameters():  # LoRA matrices train in float32 whatever the base dtype
+            try:
+                denoiser.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha or cfg.lora.rank,
+                                                init_lora_weights="gaussian" if cfg.lora.init == "gaussian" else True,
+                                                target_modules=targets))
+            except ValueError as err:
+                if "not found" not in str(err) and "Target modules" not in str(err):
+                    raise
+                raise MapoBenchError(f"lora.target_modules {list(targets)}: none of them names a module of the "
+                                     f"{self.backend.denoiser_name} ({self.backend.name}); the backend's defaults "
+                                     f"are {self.backend.lora_target_modules()}") from None
+            for p in denoiser.parameters():  # LoRA matrices train in float32 whatever the base dtype
                 if p.requires_grad:
                     p.data = p.data.float()
             if self.method.needs_reference:
-                self.adapters = AdapterSwitch(unet)
+                self.adapters = AdapterSwitch(denoiser)
         else:
-            if next(unet.parameters()).dtype != torch.float32:  # a full fine-tune trains float32 weights
-                unet.to(torch.float32)
-            unet.requires_grad_(True)
+            if next(denoiser.parameters()).dtype != torch.float32:  # a full fine-tune trains float32 weights
+                denoiser.to(torch.float32)
+            denoiser.requires_grad_(True)
             if self.method.needs_reference:
-                self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
+                self.reference = copy.deepcopy(denoiser).requires_grad_(False).eval()
                 if cfg.mixed_precision != "no":
                     self.reference.to(resolve_dtype(cfg.mixed_precision))
         if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        unet.train()
-        self.model_dtype = next(p for p in unet.parameters() if not p.requires_grad or not cfg.lora.enabled).dtype
-        self.unet = unet
+            denoiser.enable_gradient_checkpointing()
+        denoiser.train()
+        self.model_dtype = next(p for p in denoiser.parameters() if not p.requires_grad or not cfg.lora.enabled).dtype
+        self.denoiser = denoiser
 
     def _setup_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
 
         opt = self.cfg.optim
-        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.params = [p for p in self.denoiser.parameters() if p.requires_grad]
         if opt.name == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
                                                eps=opt.eps)
@@ -232,7 +239,7 @@ class Trainer:
 
     def prepare(self) -> None:
         """Hand UNet and optimizer to accelerate (DDP, mixed precision). The scheduler steps once per update."""
-        self.model, self.optimizer = self.accelerator.prepare(self.unet, self.optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.denoiser, self.optimizer)
 
     # -- one step -----------------------------------------------------------------------------------
     def _cast(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -240,15 +247,15 @@ class Trainer:
 
     def compute_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         """The method's loss on one micro-batch of pairs (indices into the selection)."""
-        from mapo_bench.training.data import make_batch, noise_and_timesteps
+        from mapo_bench.training.data import make_batch
 
         cfg, backend, method = self.cfg, self.backend, self.method
         batch = make_batch(backend=backend, source=self.source, selection=self.selection, indices=indices,
                            generator=self.generator, resolution=self.resolution, crop=cfg.data.crop,
                            flip=cfg.data.flip, uses_rejected=method.uses_rejected, cache=self.cache)
         x0 = batch.x0.float()
-        noise, t = noise_and_timesteps(x0, batch.pairs, self.num_train_timesteps, self.generator, method.uses_rejected)
-        noisy = backend.noise_scheduler.add_noise(x0, noise, t).to(self.model_dtype)
+        noise, t = backend.training_noise(x0, batch.pairs, self.generator, method.uses_rejected)
+        noisy = backend.add_noise(x0, noise, t).to(self.model_dtype)
         target = backend.target(x0, noise, t)
         cond = self._cast(batch.conditioning)
         r_w = r_l = None
@@ -262,6 +269,10 @@ class Trainer:
                 r_w, r_l = losses.per_sample_error(ref_pred, target).chunk(2)
         pred = backend.predict(self.model, noisy, t, cond)
         m = losses.per_sample_error(pred, target)
+        weights = backend.loss_weights(t)  # the flow families' optional weighting scheme; None: unweighted
+        if weights is not None:
+            m = m * weights
+            r_w, r_l = (None, None) if r_w is None else (r_w * weights[: len(r_w)], r_l * weights[len(r_w):])
         m_w, m_l = m.chunk(2) if method.uses_rejected else (m, None)
         out = method.loss(Errors(m_w, m_l, r_w, r_l, self.num_train_timesteps), self.method_options)
         metrics = {"loss": out.loss.item(), **out.metrics}
@@ -327,7 +338,7 @@ class Trainer:
         path = None
         if self.accelerator.is_main_process:
             path = save_checkpoint(
-                work, self.step, unet=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+                work, self.step, denoiser=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
                 scheduler=self.scheduler, generator_states={f"step.rank{r}": s for r, s in enumerate(states)},
                 state={**self.order.state(), "world": self.world, "result_hash": result_hash(self.cfg)},
                 keep_last=self.cfg.keep_last)
@@ -348,7 +359,7 @@ class Trainer:
         if state.get("world") != self.world:
             raise MapoBenchError(f"{path}: checkpoint was made with {state.get('world')} processes, now {self.world}; "
                                  "resume with the same number of processes")
-        restore_trainable(self.unet, ckpt["trainable"], path)
+        restore_trainable(self.denoiser, ckpt["trainable"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.generator.set_state(ckpt["generators"][f"step.rank{self.rank}"])
@@ -418,20 +429,20 @@ class Trainer:
                     cfg, result_hash(cfg), counts={**self.selection.counts, "steps": self.step,
                                                    "processes": self.world},
                     timings=watch.timings, method=cfg.method, backend=self.backend.record(),
-                    output="lora" if cfg.lora.enabled else "unet", final_metrics=last,
+                    output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
                     dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None))
             shutil.rmtree(work, ignore_errors=True)
         acc.wait_for_everyone()
         return out
 
     def export(self, folder: Path) -> None:
-        from mapo_bench.training.checkpoint import export_lora
-
-        unet = self.accelerator.unwrap_model(self.model)
+        """The LoRA (the family's ``load_lora_weights`` layout) or the full denoiser (``<folder>/unet`` or
+        ``<folder>/transformer``)."""
+        denoiser = self.accelerator.unwrap_model(self.model)
         if self.cfg.lora.enabled:
-            export_lora(self.backend, unet, folder)
+            self.backend.save_lora(denoiser, str(folder))
         else:
-            self.backend.save_unet(unet, str(folder / "unet"))
+            self.backend.save_denoiser(denoiser, str(folder / self.backend.denoiser_name))
 
     def _show_progress(self) -> bool:
         return self.cfg.log.progress and self.accelerator.is_main_process
