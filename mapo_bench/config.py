@@ -160,6 +160,8 @@ def config_hash(model: BaseModel | dict[str, Any], exclude: set[str] | None = No
     data = model.model_dump(mode="json") if isinstance(model, BaseModel) else dict(model)
     for key in exclude or ():
         data.pop(key, None)
+    if data.get("backend_options") == {}:  # the default: hashes as configs written before the key existed
+        data.pop("backend_options")
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

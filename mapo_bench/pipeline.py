@@ -111,6 +111,8 @@ class PipelineSpec(StrictModel):
     description: str = ""
     backend: str = "toy"
     model: str | None = None
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load, "
+                                            "for every stage (e.g. sd3: {text_encoder_3: null})")
     datasets: list[DatasetSpec]
     methods: dict[str, MethodSpec]
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="training seeds")

@@ -26,6 +26,7 @@ from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec, point_name
+from mapo_bench.registry import BACKENDS
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
 OVERWRITABLE = ("build", "train", "sample", "eval")  # verbs whose stage skips a finished output of the same config
@@ -109,6 +110,8 @@ class Runner:
         common: dict[str, Any] = {"backend": self.spec.backend}
         if self.spec.model:
             common["model"] = self.spec.model
+        if self.spec.backend_options:
+            common["backend_options"] = dict(self.spec.backend_options)
         return common
 
     def _prompts(self, split: str) -> str:
@@ -150,7 +153,7 @@ class Runner:
         train = Job(f"train:{d.name}:{method}:{name}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
         label = f"{d.name}/{method}/{name}-s{seed}"
         lora = bool((config.get("lora") or {}).get("enabled"))
-        trained = {"lora": str(out)} if lora else {"unet": str(out / "unet")}
+        trained = {"lora": str(out)} if lora else {"unet": str(out / BACKENDS.get(self.spec.backend).denoiser_name)}
         jobs = [train]
         for split in splits:
             sample = self._sample_job(label, split, [train.id], trained, meta)

@@ -83,7 +83,8 @@ class FlowMatchingBackend(SD15Backend):
     def record(self) -> dict[str, Any]:
         return {"backend": self.name, "model_id": self.model_id, "dtype": str(self.dtype).replace("torch.", ""),
                 "weighting_scheme": self.weighting_scheme, "loss_weighting": self.loss_weighting,
-                "shift": float(self.noise_scheduler.config.get("shift", 1.0))}
+                "shift": "dynamic (none in training)" if self.noise_scheduler.config.get("use_dynamic_shifting")
+                else float(self.noise_scheduler.config.get("shift", 1.0))}
 
     # -- the noise process --------------------------------------------------------------------
     def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ class FluxBackend(FlowMatchingBackend):
         embeds = conditioning["encoder_hidden_states"]
         txt_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
         guidance = None
-        if denoiser.config.guidance_embeds:
+        if self.denoiser.config.guidance_embeds:  # the unwrapped module's config (a DDP wrapper has none)
             guidance = torch.full((b,), self.training_guidance, device=noisy.device, dtype=torch.float32)
         pred = denoiser(hidden_states=packed, timestep=timesteps / 1000.0, guidance=guidance,
                         pooled_projections=conditioning["pooled_projections"], encoder_hidden_states=embeds,

@@ -61,7 +61,8 @@ class SampleConfig(StrictModel):
         for folder in (self.unet, self.lora):
             if folder is not None:
                 path = Path(folder)
-                return path.parent.name if path.name in ("unet", "lora", "") and path.parent.name else path.name
+                return path.parent.name if path.name in ("unet", "transformer", "lora", "") and path.parent.name \
+                    else path.name
         if self.model:
             return Path(self.model.rstrip("/")).name
         return f"{self.backend}-base"
