@@ -55,6 +55,11 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
         for key in ("matched view", "second sampler"):
             if sec.get(key, {}).get("slope") is not None:
                 extra.append(f"{key}: {sec[key]['verdict']}")
+        # Another severity measure that gives another verdict: the answer depends on the axis; say so up front.
+        flips = [f"{key.removeprefix('x = ')}: {value['verdict']}" for key, value in sec.items()
+                 if key.startswith("x = ") and value.get("slope") is not None and value["verdict"] != p["verdict"]]
+        if flips:
+            extra.insert(0, "**the verdict depends on the severity measure** (" + "; ".join(flips) + ")")
         lines.append(f"- {head}: slope {fmt_ci(p['slope'], p['slope_ci_low'], p['slope_ci_high'], 2)} metric units per "
                      f"unit of severity (95% bootstrap CI, severity estimates resampled too). Secondary: "
                      + "; ".join(extra) + ".")

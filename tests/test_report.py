@@ -199,3 +199,26 @@ def test_comparison_direction_does_not_follow_the_pipeline_order(tmp_path):
     assert "mapo vs dpo" in comparisons and "dpo vs mapo" not in comparisons
     assert set(results["trend"]) == {"chosen", "rejected"}
     assert results["trend"]["chosen"]["primary"]["metric"] == "toy-style"
+
+
+def test_answer_says_when_the_verdict_depends_on_the_severity_measure():
+    """A secondary severity measure with another verdict is named in the answer line; agreeing ones are not."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from mapo_bench.report import answer_lines
+
+    published = json.loads((Path(__file__).parents[1] / "docs" / "results" / "toy-mismatch" / "results.json").read_text())
+    results = copy.deepcopy(published)
+    block = next(iter(results["trend"].values()))
+    block["primary"]["verdict"] = "grows"
+    measures = [k for k in block["secondary"] if k.startswith("x = ")]
+    assert measures
+    for key in measures:
+        block["secondary"][key]["verdict"] = "grows"
+    line = next(line for line in answer_lines(results) if block["primary"]["side"].capitalize() + "-side" in line)
+    assert "depends on the severity measure" not in line
+    block["secondary"][measures[0]]["verdict"] = "shrinks"
+    line = next(line for line in answer_lines(results) if block["primary"]["side"].capitalize() + "-side" in line)
+    assert f"depends on the severity measure** ({measures[0].removeprefix('x = ')}: shrinks)" in line
