@@ -49,6 +49,22 @@ def tiny_sd15(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    """A tiny SD3 pipeline (MMDiT, two CLIPs, T5) saved in hub layout (built once per session)."""
+    from mapo_bench.testing import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny") / "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny FLUX pipeline (CLIP + T5, guidance-distilled) saved in hub layout (built once per session)."""
+    from mapo_bench.testing import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A tiny transformers CLIPModel + processor saved in hub layout."""
     from mapo_bench.testing import build_tiny_clip

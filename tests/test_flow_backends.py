@@ -20,20 +20,6 @@ PIPELINES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 
 
 @pytest.fixture(scope="module")
-def tiny_sd3(tmp_path_factory):
-    from mapo_bench.testing import build_tiny_sd3
-
-    return build_tiny_sd3(tmp_path_factory.mktemp("tiny") / "sd3")
-
-
-@pytest.fixture(scope="module")
-def tiny_flux(tmp_path_factory):
-    from mapo_bench.testing import build_tiny_flux
-
-    return build_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
-
-
-@pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs", n=6, ties=(4,))
 
