@@ -109,7 +109,7 @@ def test_build_recipes_validate():
     for recipe in recipes:
         backends.add(load_config(BuildConfig, recipe).backend)
         assert recipe.read_text().startswith("#"), f"{recipe.name}: needs a comment header"
-    assert backends == {"sdxl", "sd15", "toy"}
+    assert backends == {"sdxl", "sd15", "sd3", "toy"}
 
 
 def test_config_and_tasks_import_without_torch():
