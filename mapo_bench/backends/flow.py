@@ -36,18 +36,14 @@ class FlowMatchingBackend(SD15Backend):
                                                "loss_weighting")
 
     def __init__(self, pipeline: Any, model_id: str, device: str, dtype: torch.dtype) -> None:
+        super().__init__(pipeline, model_id, device, dtype)
+        self.configure()  # the family's defaults; load() passes the recipe's options
+
+    @staticmethod
+    def training_scheduler(config: Any) -> Any:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        self.pipeline = pipeline
-        self.model_id = model_id
-        self.device = torch.device(device)
-        self.dtype = dtype
-        # A copy for training: sampling calls set_timesteps on the pipeline's own scheduler.
-        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
-        self.weighting_scheme = self.default_weighting_scheme
-        self.logit_mean, self.logit_std, self.mode_scale = 0.0, 1.0, 1.29
-        self.loss_weighting = "none"
-        self.pipeline.set_progress_bar_config(disable=True)
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
 
     @classmethod
     def pipeline_kwargs(cls) -> dict[str, Any]:

@@ -27,14 +27,20 @@ class SD15Backend(Backend):
     pipeline_class_name: ClassVar[str] = "StableDiffusionPipeline"
 
     def __init__(self, pipeline: Any, model_id: str, device: str, dtype: torch.dtype) -> None:
-        from diffusers import DDPMScheduler
-
         self.pipeline = pipeline
         self.model_id = model_id
         self.device = torch.device(device)
         self.dtype = dtype
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        # A copy for training: sampling calls set_timesteps on the pipeline's own scheduler.
+        self.noise_scheduler = self.training_scheduler(pipeline.scheduler.config)
         self.pipeline.set_progress_bar_config(disable=True)
+
+    @staticmethod
+    def training_scheduler(config: Any) -> Any:
+        """The scheduler of the training noise process, from the pipeline's scheduler config (DDPM here)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(config)
 
     @classmethod
     def pipeline_kwargs(cls) -> dict[str, Any]:
