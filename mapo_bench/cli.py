@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+BACKEND_HELP = "sdxl | sd15 | sd3 | flux | toy | toy-flow (mapo-bench ls backends)"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Preference alignment of text-to-image diffusion models: MaPO vs Diffusion-DPO under reference mismatch.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +59,7 @@ def build_dataset(
     overrides: Overrides = None,
     config: ConfigOpt = None,
     split: Annotated[str | None, typer.Option(help="pick-style split: cartoon | pixel-art")] = None,
-    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     model: Annotated[str | None, typer.Option(help="hub id or local path")] = None,
     prompts: Annotated[str | None, typer.Option(help="built-in set, file, or hf://NAME:SPLIT:COLUMN")] = None,
     num_prompts: Annotated[int | None, typer.Option(help="how many prompts to use")] = None,
@@ -112,7 +114,7 @@ def train(
     method: Annotated[str | None, typer.Option(help="mapo | dpo | sft")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset folder or hub id")] = None,
     model: Annotated[str | None, typer.Option(help="base model: hub id or local path")] = None,
-    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     resume: Annotated[str | None, typer.Option(help="latest (default) | none | PATH to a checkpoints/step-N folder")] = None,
 ) -> None:
@@ -131,7 +133,7 @@ def sample(
     overrides: Overrides = None,
     config: ConfigOpt = None,
     model: Annotated[str | None, typer.Option(help="base model: hub id or local path")] = None,
-    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     unet: Annotated[str | None, typer.Option(help="fine-tuned UNet folder")] = None,
     lora: Annotated[str | None, typer.Option(help="LoRA folder")] = None,
     prompts: Annotated[str | None, typer.Option(help="prompt set or file")] = None,
@@ -209,7 +211,7 @@ def mismatch(
     config: ConfigOpt = None,
     dataset: Annotated[str | None, typer.Option(help="dataset folder")] = None,
     reference: Annotated[str | None, typer.Option(help="reference model: hub id or path")] = None,
-    backend: Annotated[str | None, typer.Option(help="sdxl | sd15 | toy")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
 ) -> None:
     """Measure reference-mismatch severity of a dataset (prefix excess, MMD/KID, FD, pair accuracy).
 
@@ -219,6 +221,16 @@ def mismatch(
 
     items = _sugar(overrides, dataset=dataset, reference=reference, backend=backend)
     _print_path("severity:", api.measure_mismatch(config, items))
+
+
+def _print_answer(report_dir: Path) -> None:
+    """The run's answer (table, verdicts, page and plot paths) on the main process."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        from mapo_bench.report_console import print_answer
+
+        print_answer(report_dir)
 
 
 @app.command()
@@ -242,6 +254,7 @@ def run(
     result = api.run(pipeline, overrides or [], workers=workers, dry_run=dry_run, emit_commands=emit_commands,
                      out=out, job=job)
     if result is not None:
+        _print_answer(result)
         _print_path("run:", result)
 
 
@@ -257,7 +270,9 @@ def report(
     """
     from mapo_bench import api
 
-    _print_path("report:", api.report(run_dir))
+    folder = api.report(run_dir)
+    _print_answer(folder)
+    _print_path("report:", folder)
     if publish is not None:
         from mapo_bench.report import publish as publish_report
 

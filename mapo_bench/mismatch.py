@@ -22,6 +22,7 @@ from pydantic import Field
 
 from mapo_bench.config import SamplerConfig, StrictModel, config_hash
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.registry import toy_world
 
 SEVERITY_FILE = "severity.json"
 
@@ -210,7 +211,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     lo, hi = bootstrap_interval(correct, resamples=cfg.resamples, seed=cfg.seed)
     measures["reference_pair_accuracy"] = {"value": float(correct.mean()), "ci_low": lo, "ci_high": hi}
     with watch.time("feature_distance"):
-        kind = cfg.features if cfg.features != "auto" else ("pixels" if cfg.backend == "toy" else "clip")
+        kind = cfg.features if cfg.features != "auto" else ("pixels" if toy_world(cfg.backend) else "clip")
         captions = list(frame["caption"])
         n_ref = min(cfg.reference_samples, max(len(frame), 2))
         ref_captions = [captions[i % len(captions)] for i in range(n_ref)]

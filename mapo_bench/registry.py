@@ -63,6 +63,15 @@ BACKENDS = Registry("backend")
 BACKENDS.add("sdxl", "mapo_bench.backends.sdxl:SDXLBackend", "Stable Diffusion XL (two text encoders, micro-conditioning)")
 BACKENDS.add("sd15", "mapo_bench.backends.sd15:SD15Backend", "Stable Diffusion 1.5 (one text encoder)")
 BACKENDS.add("toy", "mapo_bench.backends.toy:ToyBackend", "embedded 32 px toy world, runs on a CPU")
+BACKENDS.add("toy-flow", "mapo_bench.backends.toy_flow:ToyFlowBackend", "the toy world on a rectified-flow model (CPU)")
+TOY_WORLD_BACKENDS = ("toy", "toy-flow")  # the embedded world: renderer prompts, toy tasks and evaluators
+
+
+def toy_world(backend: str | None) -> bool:
+    """Whether ``backend`` draws the toy world (its captions, styles, marker and classifier)."""
+    return backend in TOY_WORLD_BACKENDS
+
+
 BACKENDS.add("sd3", "mapo_bench.backends.sd3:SD3Backend", "Stable Diffusion 3 / 3.5 (MMDiT, rectified flow; T5 optional)")
 BACKENDS.add("flux", "mapo_bench.backends.flux:FluxBackend", "FLUX.1 (rectified flow, guidance-distilled; T5 required)")
 

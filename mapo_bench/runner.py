@@ -50,11 +50,14 @@ def base_identity(spec: PipelineSpec) -> dict[str, Any]:
     """What job configs name but do not contain: the toy base's weights, by the config hash in its
     manifest (so finished jobs are redone after the shipped base changes). Hub ids are their own identity."""
     identity: dict[str, Any] = {"backend": spec.backend, "model": spec.model}
-    if spec.backend == "toy":
+    from mapo_bench.registry import BACKENDS, toy_world
+
+    if toy_world(spec.backend):
         from mapo_bench.toy.shipped import read_manifest, resolve_toy_model
 
         try:
-            identity["toy_config_hash"] = (read_manifest(resolve_toy_model(spec.model or "toy")) or {}).get("config_hash")
+            folder = resolve_toy_model(spec.model or BACKENDS.get(spec.backend).default_model)
+            identity["toy_config_hash"] = (read_manifest(folder) or {}).get("config_hash")
         except MapoBenchError:
             pass  # the stage itself reports the missing model
     return identity

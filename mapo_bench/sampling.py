@@ -100,15 +100,16 @@ def prepare_folder(cfg: SampleConfig) -> None:
 def load_model(cfg: SampleConfig, device: str) -> Any:
     """The backend with ``unet`` or ``lora`` applied."""
     from mapo_bench.backends import load_backend
+    from mapo_bench.registry import toy_world
 
     if cfg.unet is not None and cfg.lora is not None:
         raise MapoBenchError("sample: give either unet or lora, not both")
-    if cfg.backend == "toy":  # the toy backend applies its own fine-tunes (its UNet/LoRA formats)
+    if toy_world(cfg.backend):  # the toy backends apply their own fine-tunes (their UNet/LoRA formats)
         extra = {k: str(v) for k, v in (("unet", cfg.unet), ("lora", cfg.lora)) if v is not None}
         for key, folder in extra.items():
             if not Path(folder).exists():
                 raise MapoBenchError(f"{key}: {folder} not found; pass the folder written by `mapo-bench train`")
-        return load_backend("toy", cfg.model, dtype=cfg.dtype, device=device, **extra)
+        return load_backend(cfg.backend, cfg.model, dtype=cfg.dtype, device=device, **cfg.backend_options, **extra)
     backend = load_backend(cfg.backend, cfg.model, dtype=cfg.dtype, device=device, **cfg.backend_options)
     if cfg.unet is not None:
         backend.set_denoiser(backend.load_denoiser(str(cfg.unet)))

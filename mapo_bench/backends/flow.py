@@ -10,6 +10,9 @@ scripts, shared by ``sd3`` and ``flux`` (REFERENCE.md section 6).
 - Optional per-sample loss weights: ``compute_loss_weighting_for_sd3`` with ``loss_weighting``
   ("none" by default: the preference losses then see plain velocity errors).
 - Severity grid: sigmas evenly spaced in (0, 1).
+
+``FlowNoiseProcess`` holds these, so a family that is not a diffusers SD-style pipeline (the ``toy-flow``
+backend) takes the same noise process.
 """
 
 from __future__ import annotations
@@ -25,46 +28,22 @@ WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "uniform")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
 
-class FlowMatchingBackend(SD15Backend):
-    """A diffusers flow-matching pipeline: VAE latents as in SD (with the VAE's shift), rectified flow."""
+class FlowNoiseProcess:
+    """The rectified-flow noise process, mixed into a backend before its family class (``sd3``, ``flux``,
+    ``toy-flow``): training sigmas, noising, the velocity target, optional loss weights, the severity grid.
+    The host sets ``noise_scheduler`` (a ``FlowMatchEulerDiscreteScheduler``) and calls ``configure``."""
 
-    denoiser_name: ClassVar[str] = "transformer"
-    lora_layers_argument: ClassVar[str] = "transformer_lora_layers"
     default_weighting_scheme: ClassVar[str] = "logit_normal"
-    # The options a recipe may set (``backend_options``), beside those of the pipeline's from_pretrained.
+    # The options a recipe may set (``backend_options``), beside those of the family's own loading.
     flow_options: ClassVar[tuple[str, ...]] = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale",
                                                "loss_weighting")
-
-    def __init__(self, pipeline: Any, model_id: str, device: str, dtype: torch.dtype) -> None:
-        super().__init__(pipeline, model_id, device, dtype)
-        self.configure()  # the family's defaults; load() passes the recipe's options
-
-    @staticmethod
-    def training_scheduler(config: Any) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    noise_scheduler: Any
+    num_train_timesteps: int
 
     @classmethod
-    def pipeline_kwargs(cls) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def load(cls, model: str, *, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
-             vae_dtype: str | None = None, **options: Any) -> FlowMatchingBackend:
-        flow = {k: options.pop(k) for k in cls.flow_options if k in options}
-        backend = super().load(model, dtype=dtype, device=device, vae=vae, vae_dtype=vae_dtype,
-                               **cls.pipeline_options(model, options))
-        backend.configure(**flow)
-        return backend
-
-    @classmethod
-    def pipeline_options(cls, model: str, options: dict[str, Any]) -> dict[str, Any]:
-        """Backend options -> ``from_pretrained`` keywords (a family checks its own here)."""
-        if options:
-            raise MapoBenchError(f"backend {cls.name}: unknown option(s) {', '.join(sorted(options))}; valid: "
-                                 f"{', '.join(cls.flow_options)}")
-        return {}
+    def split_flow_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Remove and return the flow options among a backend's load options."""
+        return {k: options.pop(k) for k in cls.flow_options if k in options}
 
     def configure(self, weighting_scheme: str | None = None, logit_mean: float = 0.0, logit_std: float = 1.0,
                   mode_scale: float = 1.29, loss_weighting: str = "none") -> None:
@@ -76,13 +55,11 @@ class FlowMatchingBackend(SD15Backend):
         self.weighting_scheme, self.loss_weighting = scheme, loss_weighting
         self.logit_mean, self.logit_std, self.mode_scale = float(logit_mean), float(logit_std), float(mode_scale)
 
-    def record(self) -> dict[str, Any]:
-        return {"backend": self.name, "model_id": self.model_id, "dtype": str(self.dtype).replace("torch.", ""),
-                "weighting_scheme": self.weighting_scheme, "loss_weighting": self.loss_weighting,
+    def flow_record(self) -> dict[str, Any]:
+        return {"weighting_scheme": self.weighting_scheme, "loss_weighting": self.loss_weighting,
                 "shift": "dynamic (none in training)" if self.noise_scheduler.config.get("use_dynamic_shifting")
                 else float(self.noise_scheduler.config.get("shift", 1.0))}
 
-    # -- the noise process --------------------------------------------------------------------
     def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
         """sigma = timestep / T (the scheduler's table is ``timesteps = sigmas * T``)."""
         return timesteps.float() / self.num_train_timesteps
@@ -123,6 +100,48 @@ class FlowMatchingBackend(SD15Backend):
 
     def timestep_tensor(self, value: Any, batch: int, device: Any) -> torch.Tensor:
         return torch.full((batch,), float(value), dtype=torch.float32, device=device)
+
+
+class FlowMatchingBackend(FlowNoiseProcess, SD15Backend):
+    """A diffusers flow-matching pipeline: VAE latents as in SD (with the VAE's shift), rectified flow."""
+
+    denoiser_name: ClassVar[str] = "transformer"
+    lora_layers_argument: ClassVar[str] = "transformer_lora_layers"
+
+    def __init__(self, pipeline: Any, model_id: str, device: str, dtype: torch.dtype) -> None:
+        super().__init__(pipeline, model_id, device, dtype)
+        self.configure()  # the family's defaults; load() passes the recipe's options
+
+    @staticmethod
+    def training_scheduler(config: Any) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+
+    @classmethod
+    def pipeline_kwargs(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def load(cls, model: str, *, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
+             vae_dtype: str | None = None, **options: Any) -> FlowMatchingBackend:
+        flow = cls.split_flow_options(options)
+        backend = super().load(model, dtype=dtype, device=device, vae=vae, vae_dtype=vae_dtype,
+                               **cls.pipeline_options(model, options))
+        backend.configure(**flow)
+        return backend
+
+    @classmethod
+    def pipeline_options(cls, model: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Backend options -> ``from_pretrained`` keywords (a family checks its own here)."""
+        if options:
+            raise MapoBenchError(f"backend {cls.name}: unknown option(s) {', '.join(sorted(options))}; valid: "
+                                 f"{', '.join(cls.flow_options)}")
+        return {}
+
+    def record(self) -> dict[str, Any]:
+        return {"backend": self.name, "model_id": self.model_id, "dtype": str(self.dtype).replace("torch.", ""),
+                **self.flow_record()}
 
     # -- generation -----------------------------------------------------------------------------
     def default_size(self) -> int:

@@ -25,32 +25,39 @@ class ToyBackend(Backend):
     default_resolution: ClassVar[int] = 32
     # TOY_NOTES.md: DDIM 15 steps with trailing spacing (set in the scheduler config), guidance 2.
     default_sampler: ClassVar[SamplerConfig] = SamplerConfig(steps=15, guidance=2.0)
+    objective: ClassVar[str] = "v"  # what the base's UNet predicts (toy/model.py OBJECTIVES)
 
     def __init__(self, pipeline: Any, model_id: str, device: str, dtype: torch.dtype,
                  manifest: dict[str, Any] | None, base_folder: Path, extras: dict[str, str]) -> None:
-        from diffusers import DDPMScheduler
-
         self.pipeline = pipeline
         self.model_id = model_id
         self.device = torch.device(device)
         self.dtype = dtype
         self.text_encoder = pipeline.text_encoder.requires_grad_(False)
-        self.noise_scheduler = DDPMScheduler.from_config(
-            {k: v for k, v in pipeline.scheduler.config.items() if k != "timestep_spacing"})
+        self.noise_scheduler = self.training_scheduler(pipeline.scheduler.config)
         self.toy_manifest = manifest
         self.base_folder = base_folder
         self.extras = extras
 
+    @staticmethod
+    def training_scheduler(config: Any) -> Any:
+        """The DDPM scheduler of the base's training schedule (the saved one is DDIM, for sampling)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config({k: v for k, v in config.items() if k != "timestep_spacing"})
+
     @classmethod
-    def load(cls, model: str = "toy", *, dtype: str = "float32", device: str = "cpu", unet: str | None = None,
+    def load(cls, model: str | None = None, *, dtype: str = "float32", device: str = "cpu", unet: str | None = None,
              lora: str | None = None, **options: Any) -> ToyBackend:
         """``model``: ``toy`` (shipped), a toy pipeline folder, or a folder holding only a fine-tuned
         ``unet/`` or LoRA weights (applied over the shipped base). ``unet`` / ``lora``: explicit overrides."""
         from mapo_bench.toy.model import LORA_FILES, PIPELINE_FILE, ToyPipeline
-        from mapo_bench.toy.shipped import SHIPPED_ID, read_manifest, resolve_toy_model
+        from mapo_bench.toy.shipped import read_manifest, resolve_toy_model
 
         if options:
-            raise MapoBenchError(f"toy backend: unknown load options {', '.join(sorted(options))}; valid: dtype, device, unet, lora")
+            raise MapoBenchError(f"{cls.name} backend: unknown load options {', '.join(sorted(options))}; "
+                                 "valid: dtype, device, unet, lora")
+        model = model or cls.default_model
         folder = resolve_toy_model(model)
         if not (folder / PIPELINE_FILE).is_file():
             if unet is None and ((folder / "config.json").is_file() or (folder / "unet" / "config.json").is_file()):
@@ -60,9 +67,12 @@ class ToyBackend(Backend):
             else:
                 raise MapoBenchError(f"{folder}: not a toy model (no {PIPELINE_FILE}, unet/ or LoRA weights); "
                                      "use --model toy or a folder written by mapo-bench toy pretrain")
-            folder = resolve_toy_model(SHIPPED_ID)
+            folder = resolve_toy_model(cls.default_model)
         torch_dtype = resolve_dtype(dtype)
         pipe = ToyPipeline.from_pretrained(folder, unet=unet, lora=lora, torch_dtype=torch_dtype, device=device)
+        if pipe.objective != cls.objective:
+            raise MapoBenchError(f"{folder}: a toy base trained with the {pipe.objective!r} objective; "
+                                 f"use --backend {'toy-flow' if pipe.objective == 'flow' else 'toy'} for it")
         extras = {k: str(v) for k, v in (("unet", unet), ("lora", lora)) if v is not None}
         return cls(pipe, str(model), device, torch_dtype, read_manifest(folder), folder, extras)
 

@@ -17,7 +17,7 @@ import yaml
 from mapo_bench.data.schema import DATA_SUBDIR, hf_features
 from mapo_bench.data.tasks import Task
 
-LICENSES = {"sdxl": "openrail++", "sd15": "creativeml-openrail-m", "toy": "apache-2.0"}
+LICENSES = {"sdxl": "openrail++", "sd15": "creativeml-openrail-m", "toy": "apache-2.0", "toy-flow": "apache-2.0"}
 LICENSE_TEXT = {
     "openrail++": "Images were generated with an SDXL model; they inherit its CreativeML Open RAIL++-M license "
                   "(use restrictions apply). Check the license of the exact model recorded in `model_id`.",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mapo_bench.config import SamplerConfig, StrictModel
+from mapo_bench.registry import toy_world
 
 REAL_STYLE_SPLITS = ("cartoon", "pixel-art")
 # Toy target styles, plus the real split names mapped onto the toy's nearest style.
@@ -58,7 +59,7 @@ class BuildConfig(StrictModel):
         data = dict(data)
         backend = data.get("backend", "sdxl")
         if data.get("prompts") is None:
-            data["prompts"] = "toy:train" if backend == "toy" else "builtin:train"
+            data["prompts"] = "toy:train" if toy_world(backend) else "builtin:train"
         if data.get("task", "pick-style") == "pick-style" and data.get("split") is None:
             data["split"] = "cartoon"
         return data
@@ -85,15 +86,15 @@ class BuildConfig(StrictModel):
             if value is not None:
                 raise ValueError(f"split applies to pick-style only, not {task!r}; remove it")
             return value
-        valid = tuple(TOY_SPLIT_ALIASES) if backend == "toy" else REAL_STYLE_SPLITS
+        valid = tuple(TOY_SPLIT_ALIASES) if toy_world(backend) else REAL_STYLE_SPLITS
         if value not in valid:
             raise ValueError(f"pick-style split must be one of {', '.join(valid)}"
-                             + ("" if backend == "toy" else " (soft | pixel | neon need --backend toy)"))
+                             + ("" if toy_world(backend) else " (soft | pixel | neon need --backend toy)"))
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> BuildConfig:
-        toy = self.backend == "toy"
+        toy = toy_world(self.backend)
         if self.task == "custom":
             if not (self.chosen_prefix or self.rejected_prefix) or self.chosen_prefix == self.rejected_prefix:
                 raise ValueError("custom task needs --chosen-prefix and/or --rejected-prefix, and they must differ")

@@ -62,7 +62,9 @@ class Task:
 
     @property
     def toy(self) -> bool:
-        return self.backend == "toy"
+        from mapo_bench.registry import toy_world
+
+        return toy_world(self.backend)
 
     @property
     def label(self) -> str:

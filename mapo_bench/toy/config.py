@@ -7,6 +7,7 @@ manifest records their hash, so a changed default is detected (see ``mapo_bench.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -94,6 +95,9 @@ class ToyPretrainConfig(StrictModel):
     # re-measure the gate; false retrains from scratch (to check that a run reproduces the shipped bytes).
     reuse_weights: bool = True
     seed: int = 0
+    # What the UNet learns: "v" (v prediction on the cosine DDPM schedule, the shipped ``toy`` base) or "flow"
+    # (rectified flow: x_t = (1 - sigma) x0 + sigma noise, target noise - x0; the ``toy-flow`` base).
+    objective: Literal["v", "flow"] = "v"
     # Data-parallel CPU processes (mapo_bench/toy/parallel.py): each computes 1/processes of every batch.
     # Part of the weights' identity (float summation order), like the thread count.
     processes: int = Field(2, ge=1)
@@ -124,11 +128,26 @@ class ToyPretrainConfig(StrictModel):
 NOT_WEIGHTS = ("out", "overwrite", "reuse_weights")  # where and how a run goes, not what it makes
 
 
-def toy_config_hash(cfg: ToyPretrainConfig) -> str:
+def default_config(objective: str = "v") -> ToyPretrainConfig:
+    """The config of the shipped base of ``objective`` (``toy``: v, ``toy-flow``: flow): the same defaults
+    but the objective, so the two bases differ in one dial (``recipes/toy/pretrain[-flow].yaml``)."""
+    return ToyPretrainConfig(objective=objective)
+
+
+def _hashable(cfg: ToyPretrainConfig | dict, exclude: set[str]) -> dict:
+    """The config as hashed: ``objective: v`` (the default) is left out, so configs written before the key
+    existed keep their hash (the shipped v base's manifest)."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, ToyPretrainConfig) else dict(cfg)
+    if data.get("objective", "v") == "v":
+        data.pop("objective", None)
+    return {k: v for k, v in data.items() if k not in exclude}
+
+
+def toy_config_hash(cfg: ToyPretrainConfig | dict) -> str:
     """Hash of what decides the weights and their gate (not ``NOT_WEIGHTS``: where and how a run goes)."""
     from mapo_bench.config import config_hash
 
-    return config_hash(cfg, exclude=set(NOT_WEIGHTS))
+    return config_hash(_hashable(cfg, set(NOT_WEIGHTS)))
 
 
 def toy_training_hash(cfg: ToyPretrainConfig | dict) -> str:
@@ -139,4 +158,14 @@ def toy_training_hash(cfg: ToyPretrainConfig | dict) -> str:
     since then would take its current default and make an old base look trained with it."""
     from mapo_bench.config import config_hash
 
-    return config_hash(cfg, exclude={*NOT_WEIGHTS, "gate", "sampler"})
+    return config_hash(_hashable(cfg, {*NOT_WEIGHTS, "gate", "sampler"}))
+
+
+def toy_evaluator_hash(cfg: ToyPretrainConfig | dict) -> str:
+    """Hash of what decides the toy classifier (its training config, the seed and the process count, not
+    the base): bases with the same evaluator hash share one classifier, so a second base (``toy-flow``) is
+    measured with the same instrument and need not train it again."""
+    from mapo_bench.config import config_hash
+
+    data = cfg.model_dump(mode="json") if isinstance(cfg, ToyPretrainConfig) else dict(cfg)
+    return config_hash({k: data.get(k) for k in ("evaluators", "seed", "processes")})

@@ -164,10 +164,63 @@ def build_unet(arch: ToyArch):
     )
 
 
-def scheduler_config() -> dict[str, Any]:
-    return {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+OBJECTIVES = ("v", "flow")
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def scheduler_config(objective: str = "v") -> dict[str, Any]:
+    """The sampling scheduler's config: DDIM with trailing spacing for v (TOY_NOTES.md), the flow-matching
+    Euler scheduler without shift for flow (32 px needs none; SD3 shifts by 3 at 1024 px)."""
+    if objective == "flow":
+        return {"num_train_timesteps": NUM_TRAIN_TIMESTEPS, "shift": 1.0}
+    return {"num_train_timesteps": NUM_TRAIN_TIMESTEPS, "beta_schedule": "squaredcos_cap_v2",
             "prediction_type": "v_prediction", "clip_sample": True, "clip_sample_range": 1.0,
             "timestep_spacing": "trailing"}
+
+
+def build_scheduler(objective: str = "v") -> Any:
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if objective not in OBJECTIVES:
+        raise MapoBenchError(f"toy objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    cls = FlowMatchEulerDiscreteScheduler if objective == "flow" else DDIMScheduler
+    return cls(**scheduler_config(objective))
+
+
+def scheduler_objective(scheduler: Any) -> str:
+    """``flow`` for a flow-matching scheduler, else ``v``."""
+    return "flow" if type(scheduler).__name__.startswith("FlowMatch") else "v"
+
+
+class PretrainingNoise:
+    """The pretraining noise process of one objective: ``u`` in [0, 1) -> a noise level ``s = 1 - (1 - u)^bias``
+    (> 1 favours high noise), then the noisy input, the denoiser's timestep and its target.
+
+    - v: integer ``t = s * T`` on the cosine DDPM schedule, target v (``DDPMScheduler.get_velocity``).
+    - flow: ``sigma = s``, ``x_t = (1 - sigma) x0 + sigma noise``, timestep ``sigma * T`` (as SD3 and the
+      ``FlowMatchEulerDiscreteScheduler`` take it), target the velocity ``noise - x0`` (rectified flow,
+      Liu et al. 2022; Esser et al. 2024). At equal ``s`` the two schedules have nearly equal SNR
+      (cosine: cot^2(pi s / 2); flow: ((1 - s) / s)^2; both 1 at s = 0.5), so one bias serves both.
+    """
+
+    def __init__(self, objective: str, bias: float) -> None:
+        from diffusers import DDPMScheduler
+
+        self.objective, self.bias = objective, float(bias)
+        if objective == "v":
+            config = {k: v for k, v in scheduler_config("v").items() if k != "timestep_spacing"}
+            self.ddpm = DDPMScheduler(**config)
+
+    def __call__(self, x0: torch.Tensor, noise: torch.Tensor,
+                 u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy, timesteps, target) for clean latents ``x0`` ``(B, C, H, W)``, ``noise`` like it, ``u`` ``(B,)``."""
+        level = 1 - (1 - u) ** self.bias
+        T = NUM_TRAIN_TIMESTEPS
+        if self.objective == "flow":
+            sigma = level.view(-1, 1, 1, 1)
+            return (1 - sigma) * x0 + sigma * noise, sigma.flatten() * T, noise - x0
+        t = (level * T).long().clamp(0, T - 1)
+        return self.ddpm.add_noise(x0, noise, t), t, self.ddpm.get_velocity(x0, noise, t)
 
 
 def encode_text(text_encoder: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -241,15 +294,17 @@ class ToyPipeline:
         return next(self.unet.parameters()).dtype
 
     @classmethod
-    def build(cls, arch: ToyArch, seed: int = 0) -> ToyPipeline:
-        """A freshly initialised pipeline (seeded)."""
-        from diffusers import DDIMScheduler
-
+    def build(cls, arch: ToyArch, seed: int = 0, objective: str = "v") -> ToyPipeline:
+        """A freshly initialised pipeline (seeded) for ``objective`` (``v`` or ``flow``)."""
         torch.manual_seed(seed)
         tokenizer = ToyTokenizer(build_token_list(), arch.max_length)
         text_encoder = build_text_encoder(arch, tokenizer.vocab_size)
         unet = build_unet(arch)
-        return cls(unet, text_encoder, tokenizer, DDIMScheduler(**scheduler_config()), arch)
+        return cls(unet, text_encoder, tokenizer, build_scheduler(objective), arch)
+
+    @property
+    def objective(self) -> str:
+        return scheduler_objective(self.scheduler)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -304,6 +359,7 @@ class ToyPipeline:
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.scheduler.save_pretrained(folder / "scheduler")
         write_json_atomic(folder / PIPELINE_FILE, {"class": "ToyPipeline", "format": 1, "arch": self.arch.model_dump(),
+                                                   **({"objective": "flow"} if self.objective == "flow" else {}),
                                                    "clip_token_ids": self.tokenizer.clip_ids})
         return folder
 
@@ -311,7 +367,7 @@ class ToyPipeline:
     def from_pretrained(cls, folder: str | Path, *, unet: str | Path | None = None, lora: str | Path | None = None,
                         torch_dtype: torch.dtype = torch.float32, device: str = "cpu") -> ToyPipeline:
         """Load a saved toy pipeline; ``unet`` = a fine-tuned ``unet/`` folder, ``lora`` = LoRA weights."""
-        from diffusers import DDIMScheduler, UNet2DConditionModel
+        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel
 
         from mapo_bench.dtypes import dtype_kwargs
@@ -331,7 +387,9 @@ class ToyPipeline:
             raise MapoBenchError(f"{unet_dir}: no UNet here (expected config.json + diffusion_pytorch_model.safetensors)")
         unet_model = UNet2DConditionModel.from_pretrained(str(unet_dir), **dtype_kwargs(torch_dtype))
         text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), dtype=torch_dtype)
-        scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"))
+        objective = meta.get("objective", "v")
+        scheduler_cls = FlowMatchEulerDiscreteScheduler if objective == "flow" else DDIMScheduler
+        scheduler = scheduler_cls.from_pretrained(str(folder / "scheduler"))
         pipe = cls(unet_model, text_encoder, tokenizer, scheduler, arch)
         pipe.unet.eval()
         pipe.text_encoder.eval()

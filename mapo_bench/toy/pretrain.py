@@ -137,13 +137,12 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     """
     import torch
     import torch.nn.functional as F
-    from diffusers import DDPMScheduler
 
     from mapo_bench.toy.model import (
+        PretrainingNoise,
         ToyPipeline,
         encode_text,
         pixels_to_latents,
-        scheduler_config,
         unet_forward,
     )
     from mapo_bench.toy.parallel import ProcessGroup
@@ -152,14 +151,14 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
     group = group or ProcessGroup()
     mine = group.local(cfg.batch_size)
     arch = cfg.model
-    pipe = ToyPipeline.build(arch, seed=cfg.seed)
+    pipe = ToyPipeline.build(arch, seed=cfg.seed, objective=cfg.objective)
     unet, text_encoder = pipe.unet, pipe.text_encoder
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: learning_rate_factor(cfg, s))
-    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "timestep_spacing"})
+    noise_process = PretrainingNoise(cfg.objective, cfg.high_noise_bias)
 
     rng = np.random.default_rng(cfg.seed)
     texts, scenes = pretraining_captions(cfg, rng)
@@ -182,7 +181,6 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
         lr_sched.load_state_dict(state["lr_sched"])
         gen.set_state(state["gen"])
         start = int(state["step"])
-    T = noise_sched.config.num_train_timesteps
     unet.train()
     text_encoder.train()
     for step in range(start, cfg.steps):
@@ -190,9 +188,7 @@ def train_base(cfg: ToyPretrainConfig, work: Path, progress: Any = None, log_eve
         x0 = pixels_to_latents(images[idx].float() / 127.5 - 1.0)
         batch_ids = ids[idx].clone()
         batch_ids[drop] = empty
-        t = ((1 - (1 - u) ** cfg.high_noise_bias) * T).long().clamp(0, T - 1)
-        noisy = noise_sched.add_noise(x0, noise, t)
-        target = noise_sched.get_velocity(x0, noise, t)
+        noisy, t, target = noise_process(x0, noise, u)
         pred = unet_forward(unet, noisy, t, encode_text(text_encoder, batch_ids))
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
@@ -263,9 +259,9 @@ def sample_grid(pipe: Any, path: Path, sampler: Any, scale: int = 2) -> Path:
 def trained_candidates(out: Path) -> list[Path]:
     """Finished toy bases that may hold this config's weights: ``out``, the shipped base, the cache."""
     from mapo_bench.clip_tokenizer import cache_root
-    from mapo_bench.toy.shipped import ASSETS
+    from mapo_bench.toy.shipped import SHIPPED
 
-    found = [out, ASSETS, *sorted((cache_root() / "toy").glob("*"))]
+    found = [out, *(folder for folder, _, _ in SHIPPED.values()), *sorted((cache_root() / "toy").glob("*"))]
     return [f for f in found if (f / "manifest.json").is_file() and (f / "toy_pipeline.json").is_file()]
 
 
@@ -296,6 +292,29 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict
         return {"folder": str(folder), "config_hash": manifest.get("config_hash"), "training_hash": wanted,
                 "timings": manifest.get("timings"), "created": manifest.get("created"),
                 "code_version": manifest.get("code_version")}
+    return None
+
+
+def reuse_trained_classifier(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict[str, Any] | None:
+    """Copy the classifier of a finished base with the same evaluator hash into ``work/evaluators`` (one
+    instrument for every base: ``toy-flow`` is scored by the classifier ``toy`` ships). Returns the donor's
+    folder and evaluator hash, or None."""
+    import json
+
+    from mapo_bench.toy.config import toy_evaluator_hash
+
+    if (work / "evaluators" / "classifier.json").is_file():
+        return None
+    wanted = toy_evaluator_hash(cfg)
+    for folder in trained_candidates(out):
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            donor_hash = toy_evaluator_hash(manifest["config"])
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+        if donor_hash == wanted and (folder / "evaluators" / "classifier.json").is_file():
+            shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
+            return {"folder": str(folder), "evaluator_hash": wanted}
     return None
 
 
@@ -332,10 +351,11 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
     threads = configure_threads()
     digest = toy_config_hash(cfg)
     work = out.parent / f".{out.name}.work-{digest}"
-    donor = None
+    donor = classifier_donor = None
     if group.is_main:
         work.mkdir(parents=True, exist_ok=True)
         donor = reuse_trained_weights(cfg, out, work) if cfg.reuse_weights else None
+        classifier_donor = reuse_trained_classifier(cfg, out, work) if cfg.reuse_weights and donor is None else None
     group.barrier()
     timings: dict[str, float] = {}
     resumed: list[str] = []  # stages taken from the work folder of an interrupted run of this config
@@ -392,6 +412,6 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
         manifest = make_manifest(cfg, digest, counts={"steps": cfg.steps, "pool_size": cfg.data.pool_size},
                                  timings=timings, kind="toy-base", code_version=code_version(), threads=threads,
                                  processes=group.world, gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
-                                 weights_from=donor)
+                                 weights_from=donor, classifier_from=classifier_donor)
         write_json_atomic(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)

@@ -1,22 +1,25 @@
 """The toy weights shipped inside the package (``mapo_bench/toy/assets/``) and other toy bases.
 
-``toy`` as a model id means the shipped base; any other id is a folder written by
-``mapo-bench toy pretrain`` (or a fine-tuned ``unet/`` / LoRA folder over the shipped base). When the
-shipped manifest's config hash differs from the current default config, toy commands warn once with
-the command that re-pretrains.
+``toy`` as a model id means the shipped v-prediction base (``assets/``), ``toy-flow`` the shipped
+rectified-flow base (``assets-flow/``); any other id is a folder written by ``mapo-bench toy pretrain``
+(or a fine-tuned ``unet/`` / LoRA folder over a shipped base). When a shipped manifest's config hash
+differs from the current default config of its objective, toy commands warn once with the command that
+re-pretrains.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from mapo_bench.errors import MapoBenchError
 
 ASSETS = Path(__file__).parent / "assets"
+ASSETS_FLOW = Path(__file__).parent / "assets-flow"
 SHIPPED_ID = "toy"
+SHIPPED = {"toy": (ASSETS, "v", "recipes/toy/pretrain.yaml"), "toy-flow": (ASSETS_FLOW, "flow", "recipes/toy/pretrain-flow.yaml")}
 REPRETRAIN = "mapo-bench toy pretrain --config recipes/toy/pretrain.yaml"
 
 
@@ -24,11 +27,16 @@ class ToyAssetsWarning(UserWarning):
     """The shipped toy weights were made with another config than the current default."""
 
 
-def shipped_dir() -> Path:
-    if not (ASSETS / "toy_pipeline.json").is_file():
-        raise MapoBenchError(f"{ASSETS}: the shipped toy weights are missing; run {REPRETRAIN} "
-                             "and pass its output folder as --model")
-    return ASSETS
+def repretrain_command(shipped_id: str = SHIPPED_ID) -> str:
+    return f"mapo-bench toy pretrain --config {SHIPPED[shipped_id][2]}"
+
+
+def shipped_dir(shipped_id: str = SHIPPED_ID) -> Path:
+    folder = SHIPPED[shipped_id][0]
+    if not (folder / "toy_pipeline.json").is_file():
+        raise MapoBenchError(f"{folder}: the shipped {shipped_id} weights are missing; run "
+                             f"{repretrain_command(shipped_id)} and pass its output folder as --model")
+    return folder
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -41,32 +49,33 @@ def read_manifest(folder: Path) -> dict | None:
         raise MapoBenchError(f"{path}: not valid JSON; re-run {REPRETRAIN}") from None
 
 
-def stale_message(manifest: dict | None) -> str | None:
+def stale_message(manifest: dict | None, shipped_id: str = SHIPPED_ID) -> str | None:
     """Why the shipped weights no longer match the default toy config, or None when they do."""
-    from mapo_bench.toy.config import ToyPretrainConfig, toy_config_hash
+    from mapo_bench.toy.config import default_config, toy_config_hash
 
-    current = toy_config_hash(ToyPretrainConfig())
+    current = toy_config_hash(default_config(SHIPPED[shipped_id][1]))
     recorded = (manifest or {}).get("config_hash")
     if recorded == current:
         return None
-    return (f"the shipped toy weights were pretrained with config {recorded} but the current default toy config is "
-            f"{current}; re-pretrain with: {REPRETRAIN} (then pass --model <its output folder>)")
+    return (f"the shipped {shipped_id} weights were pretrained with config {recorded} but the current default "
+            f"config is {current}; re-pretrain with: {repretrain_command(shipped_id)} "
+            "(then pass --model <its output folder>)")
 
 
-@lru_cache(maxsize=1)
-def warn_if_stale() -> str | None:
-    """Warn once per process when the shipped manifest does not match the current default config."""
-    message = stale_message(read_manifest(shipped_dir()))
+@cache
+def warn_if_stale(shipped_id: str = SHIPPED_ID) -> str | None:
+    """Warn once per process when a shipped manifest does not match the current default config."""
+    message = stale_message(read_manifest(shipped_dir(shipped_id)), shipped_id)
     if message:
         warnings.warn(message, ToyAssetsWarning, stacklevel=3)
     return message
 
 
 def resolve_toy_model(model: str | Path) -> Path:
-    """``toy`` -> the shipped folder (with the staleness check); anything else -> a local folder."""
-    if str(model) == SHIPPED_ID:
-        folder = shipped_dir()
-        warn_if_stale()
+    """``toy`` / ``toy-flow`` -> the shipped folder (with the staleness check); anything else -> a local folder."""
+    if str(model) in SHIPPED:
+        folder = shipped_dir(str(model))
+        warn_if_stale(str(model))
         return folder
     from mapo_bench.models import resolve_model
 
