@@ -12,7 +12,6 @@ import numpy as np
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
-from mapo_bench.pipeline import point_name
 from mapo_bench.results import UNADJUSTED_NOTE, build_results
 
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
@@ -92,18 +91,26 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def headline_table(results: dict[str, Any]) -> list[str]:
-    """Mean preference gaps with 95% CIs (win rates after them), per dataset, tuned view, test prompts."""
+def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """The headline's comparisons (MaPO vs DPO, then each method vs the base) and, per dataset, its severity
+    record and the test-prompt, tuned-view preference row of each comparison (None: a failed cell)."""
     methods = list(results["config"]["methods"])
     comparisons = [f"{a} vs {b}" for a, b in (("mapo", "dpo"), *((m, "base") for m in methods))
                    if a in methods and (b in methods or b == "base")]
+    return comparisons, [(name, sev, {c: find_row(results, name, c) for c in comparisons})
+                         for name, sev in results["severity"].items()]
+
+
+def headline_table(results: dict[str, Any]) -> list[str]:
+    """Mean preference gaps with 95% CIs (win rates after them), per dataset, tuned view, test prompts."""
+    comparisons, rows = headline_rows(results)
     head = "| dataset | severity x [95% CI] | metric | " + " | ".join(comparisons) + " |"
     lines = [head, "|" + "---|" * (3 + len(comparisons))]
-    for name, sev in results["severity"].items():
+    for name, sev, cells_by in rows:
         x = fmt_ci(sev["severity_x"], sev["severity_ci_low"], sev["severity_ci_high"], 4, signed=False)
         cells, metric = [], ""
         for comparison in comparisons:
-            row = find_row(results, name, comparison)
+            row = cells_by[comparison]
             if row is None:
                 cells.append("failed cell")
                 continue
@@ -277,14 +284,10 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
     import pandas as pd
     from PIL import Image, ImageDraw
 
-    spec = results["config"]
-    seed = spec["seeds"][0]
-    columns = [("base", run_dir / "samples" / "base" / "test")]
-    if (run_dir / "samples" / "target" / dataset / "test").is_dir():
-        columns.append(("target", run_dir / "samples" / "target" / dataset / "test"))
-    for method, cell in results["selection"]["cells"][dataset].items():
-        if cell["status"] != "failed":
-            columns.append((method, run_dir / "samples" / dataset / method / f"{point_name(cell['grid'])}-s{seed}" / "test"))
+    from mapo_bench.report_html import gallery_columns
+
+    columns = [(name, run_dir / "samples" / label / "test") for name, label in gallery_columns(results, dataset)]
+    columns = [(name, folder) for name, folder in columns if name != "target" or folder.is_dir()]
     indexes = []
     for _, folder in columns:
         index_path = folder / "index.parquet"
@@ -317,7 +320,7 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write report/{results.json, table.md, table.csv, severity_vs_effect.png, grid_<dataset>.png}."""
+    """Write report/{results.json, table.md, table.csv, severity_vs_effect.png, grid_<dataset>.png, index.html}."""
     run_dir = Path(run_dir)
     if not (run_dir / "pipeline.json").is_file():
         raise MapoBenchError(f"{run_dir}: not a run folder of `mapo-bench run` (pipeline.json missing)")
@@ -330,11 +333,15 @@ def write_report(run_dir: Path) -> Path:
     plot_severity(results, out / PLOT_FILE)
     for d in results["severity"]:
         sample_grid(run_dir, results, d, out / f"grid_{d}.png")
+    from mapo_bench.report_html import render_html
+
+    write_text_atomic(out / HTML_FILE, render_html(run_dir, results))
     return out
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 PLOT_FILE = "severity_vs_effect.png"
+HTML_FILE = "index.html"
 
 
 def headline_markdown(results: dict[str, Any], figure: str) -> str:

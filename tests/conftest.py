@@ -70,3 +70,54 @@ def tiny_clip(tmp_path_factory):
     from mapo_bench.testing import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny") / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """The full tiny toy pipeline (``tests/tiny_pipeline.py``) run twice, each in an empty folder: the
+    runner's reproducibility test and the report-page browser tests read these runs."""
+    import yaml
+    from tiny_pipeline import full_tiny_spec
+
+    from mapo_bench.runner import run_pipeline
+    from mapo_bench.toy.tiny import build_tiny_toy
+
+    root = tmp_path_factory.mktemp("runs")
+    base = build_tiny_toy(root / "base")
+    recipe = root / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
+                                      "log": {"progress": False}}))
+    spec = full_tiny_spec(base, recipe)
+    return spec, [run_pipeline(spec, out=root / f"run{i}").parent for i in (1, 2)]
+
+
+CHROMIUM = os.environ.get("MAPO_BENCH_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright (no browser download). A missing browser fails the
+    test, never skips it: CI installs it (`.ci/run`: apt-get install chromium)."""
+    from pathlib import Path
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) "
+                    "or point MAPO_BENCH_CHROMIUM at a chromium binary")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page that records console errors and uncaught exceptions in ``page.errors``."""
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda message: page.errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()

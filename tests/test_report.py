@@ -222,3 +222,22 @@ def test_answer_says_when_the_verdict_depends_on_the_severity_measure():
     block["secondary"][measures[0]]["verdict"] = "shrinks"
     line = next(line for line in answer_lines(results) if block["primary"]["side"].capitalize() + "-side" in line)
     assert f"depends on the severity measure** ({measures[0].removeprefix('x = ')}: shrinks)" in line
+
+
+def test_the_printed_answer_and_the_page_name_the_failed_cells_and_the_verdict(tmp_path):
+    """The synthetic run (dpo fails the fidelity gate everywhere: toy-content 0.6 against 0.8 / 0.9): every
+    printed mapo - dpo cell is a failed cell, the verdicts are printed with the page and plot paths, and
+    index.html shows the same verdict and every failed headline cell (mapo vs dpo and dpo vs base, 4 each)."""
+    from rich.console import Console
+
+    from mapo_bench.report_console import print_answer
+
+    out = write_report(make_run(tmp_path))
+    console = Console(record=True, width=120)
+    print_answer(out, console)
+    text = console.export_text()
+    assert text.count("failed cell") == 4 and "safety" in text and "0.0200 [0.0199, 0.0201]" in text
+    assert "chosen-side mismatch: MaPO's edge over DPO on toy-style not testable" in text
+    assert f"page: {out / 'index.html'}" in text and f"plot: {out / 'severity_vs_effect.png'}" in text
+    page = (out / "index.html").read_text()
+    assert "is <strong>not testable</strong>" in page and page.count('class="failed">failed cell') == 8

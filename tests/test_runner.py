@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_pipeline import tiny_spec
 
 from mapo_bench.config import load_config
 from mapo_bench.pipeline import PipelineSpec, point_name
@@ -82,51 +83,6 @@ def tiny_toy(tmp_path_factory):
     from mapo_bench.toy.tiny import build_tiny_toy
 
     return build_tiny_toy(tmp_path_factory.mktemp("toy") / "base")
-
-
-def tiny_spec(base: Path, train_recipe: Path) -> dict:
-    models = {m: str(base) for m in ("toy-style", "toy-content", "toy-safety")}
-    return {
-        "name": "tiny", "backend": "toy", "model": str(base),
-        "datasets": [{"name": "cartoon", "task": "pick-style", "build": {"split": "cartoon", "num_prompts": 4,
-                                                                          "sampler": {"steps": 2, "guidance": 2.0}}},
-                     {"name": "safety", "task": "pick-safety", "build": {"num_prompts": 4,
-                                                                         "sampler": {"steps": 2, "guidance": 2.0}}}],
-        "methods": {"mapo": {"recipe": str(train_recipe), "grid": {"optim.lr": [1e-4, 1e-3]}},
-                    "dpo": {"recipe": str(train_recipe), "overrides": {"dpo.beta": 500}}},
-        "seeds": [0, 1],
-        "mismatch": {"timesteps": 2, "noises": 1, "reference_samples": 4, "resamples": 50,
-                     "sampler": {"steps": 2, "guidance": 2.0}},
-        "eval": {"validation_prompts": "toy:validation", "test_prompts": "toy:test", "seeds": [0],
-                 "metrics": ["toy-style", "toy-content", "toy-safety"],
-                 "preference_metric": {"pick-style": "toy-style", "pick-safety": "toy-safety"},
-                 "fidelity_metric": "toy-content", "resamples": 100,
-                 "sample": {"num_prompts": 3, "sampler": {"steps": 2, "guidance": 2.0}},
-                 "eval": {"models": models}},
-    }
-
-
-def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
-    """The tiny pipeline with every protocol feature: a dataset carrying another's selection, the matched
-    view and a second sampler for the robustness check."""
-    spec = tiny_spec(base, recipe)
-    spec["datasets"].insert(1, {"name": "cartoon-half", "task": "pick-style", "tune_from": "cartoon",
-                                "build": {"split": "cartoon", "severity": 0.5, "num_prompts": 4,
-                                          "sampler": {"steps": 2, "guidance": 2.0}}})
-    spec["matched"] = {"mapo": {"optim.lr": 1e-4}, "dpo": {}}
-    spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
-    return PipelineSpec.model_validate(spec)
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tiny_toy, tmp_path_factory):
-    """The full tiny pipeline run twice, each in an empty folder."""
-    root = tmp_path_factory.mktemp("runs")
-    recipe = root / "train.yaml"
-    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
-                                      "log": {"progress": False}}))
-    spec = full_tiny_spec(tiny_toy, recipe)
-    return spec, [run_pipeline(spec, out=root / f"run{i}").parent for i in (1, 2)]
 
 
 def test_a_run_reproduces_in_an_empty_folder(tiny_runs):

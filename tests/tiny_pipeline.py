@@ -1,0 +1,41 @@
+"""The tiny toy pipeline shared by the runner and report-page tests: every protocol feature at a few steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mapo_bench.pipeline import PipelineSpec
+
+
+def tiny_spec(base: Path, train_recipe: Path) -> dict:
+    models = {m: str(base) for m in ("toy-style", "toy-content", "toy-safety")}
+    return {
+        "name": "tiny", "backend": "toy", "model": str(base),
+        "datasets": [{"name": "cartoon", "task": "pick-style", "build": {"split": "cartoon", "num_prompts": 4,
+                                                                          "sampler": {"steps": 2, "guidance": 2.0}}},
+                     {"name": "safety", "task": "pick-safety", "build": {"num_prompts": 4,
+                                                                         "sampler": {"steps": 2, "guidance": 2.0}}}],
+        "methods": {"mapo": {"recipe": str(train_recipe), "grid": {"optim.lr": [1e-4, 1e-3]}},
+                    "dpo": {"recipe": str(train_recipe), "overrides": {"dpo.beta": 500}}},
+        "seeds": [0, 1],
+        "mismatch": {"timesteps": 2, "noises": 1, "reference_samples": 4, "resamples": 50,
+                     "sampler": {"steps": 2, "guidance": 2.0}},
+        "eval": {"validation_prompts": "toy:validation", "test_prompts": "toy:test", "seeds": [0],
+                 "metrics": ["toy-style", "toy-content", "toy-safety"],
+                 "preference_metric": {"pick-style": "toy-style", "pick-safety": "toy-safety"},
+                 "fidelity_metric": "toy-content", "resamples": 100,
+                 "sample": {"num_prompts": 3, "sampler": {"steps": 2, "guidance": 2.0}},
+                 "eval": {"models": models}},
+    }
+
+
+def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
+    """The tiny pipeline with every protocol feature: a dataset carrying another's selection, the matched
+    view and a second sampler for the robustness check."""
+    spec = tiny_spec(base, recipe)
+    spec["datasets"].insert(1, {"name": "cartoon-half", "task": "pick-style", "tune_from": "cartoon",
+                                "build": {"split": "cartoon", "severity": 0.5, "num_prompts": 4,
+                                          "sampler": {"steps": 2, "guidance": 2.0}}})
+    spec["matched"] = {"mapo": {"optim.lr": 1e-4}, "dpo": {}}
+    spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
+    return PipelineSpec.model_validate(spec)
