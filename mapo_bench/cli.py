@@ -279,6 +279,65 @@ def report(
         _print_path("published:", publish_report(run_dir, publish, readme))
 
 
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")],
+    pairs: Annotated[str, typer.Option(help="model pairs to rate, gallery column names: mapo:dpo,mapo:base")] = "mapo:dpo",
+    per_rater: Annotated[int, typer.Option(help="votes asked of each rater")] = 20,
+    datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")] = None,
+    host: Annotated[str, typer.Option(help="bind address (anything but localhost warns)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8765,
+) -> None:
+    """Serve the run's report and a pairwise rating page; votes go to RUN_DIR/votes.sqlite.
+
+    Example: mapo-bench serve runs/toy-quick --pairs mapo:dpo,mapo:base --per-rater 20
+    """
+    from mapo_bench.serve import serve as serve_run
+    from mapo_bench.votes import parse_comparisons
+
+    serve_run(run_dir, parse_comparisons(pairs), per_rater=per_rater, host=host, port=port,
+              datasets=_datasets(datasets))
+
+
+def _datasets(datasets: str | None) -> list[str] | None:
+    return [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
+
+
+@app.command("export-pairs")
+def export_pairs(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")],
+    out: Annotated[Path, typer.Option(help="folder to write: pairs.csv and the images under anonymous names")],
+    pairs: Annotated[str, typer.Option(help="model pairs, gallery column names: mapo:dpo,mapo:base")] = "mapo:dpo",
+    datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")] = None,
+) -> None:
+    """Write anonymised rating pairs (pairs.csv: pair_id, prompt, seed, left and right image) for an outside service.
+
+    Example: mapo-bench export-pairs runs/toy-quick --pairs mapo:dpo --out rating-export
+    """
+    from mapo_bench.votes import export_pairs as export
+    from mapo_bench.votes import parse_comparisons
+
+    _print_path("pairs:", export(run_dir, parse_comparisons(pairs), out, _datasets(datasets)))
+
+
+@app.command("import-votes")
+def import_votes(
+    run_dir: Annotated[Path, typer.Argument(help="the run folder the pairs were exported from")],
+    votes: Annotated[Path, typer.Argument(help="CSV with rater, pair_id, choice (left | right | tie)")],
+    pairs: Annotated[str, typer.Option(help="the --pairs of the export")] = "mapo:dpo",
+    datasets: Annotated[str | None, typer.Option(help="the --datasets of the export")] = None,
+) -> None:
+    """Add votes collected outside the app to RUN_DIR/votes.sqlite (then `mapo-bench report RUN_DIR`).
+
+    Example: mapo-bench import-votes runs/toy-quick rated.csv --pairs mapo:dpo
+    """
+    from mapo_bench.votes import import_votes as import_csv
+    from mapo_bench.votes import parse_comparisons
+
+    new = import_csv(run_dir, parse_comparisons(pairs), votes, _datasets(datasets))
+    _print_path("votes:", f"{new} new vote(s) in {Path(run_dir) / 'votes.sqlite'}")
+
+
 @toy_app.command("pretrain")
 def toy_pretrain(
     overrides: Overrides = None,

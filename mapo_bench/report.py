@@ -180,6 +180,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['dataset']} | {row['view']} | {row['model']} | {row['metric']} "
                      f"| {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 4, signed=False)} | {flagged} "
                      f"| {row['std']:.3g} | {row['n']} |")
+    lines += human_lines(results)
     lines += ["", "## Tuning grid (validation prompts, first seed)", "",
               "| dataset | method | setting | fidelity vs reference | fidelity win rate | preference advantage vs base "
               "| preference win rate | eligible | selected |", "|---|---|---|---|---|---|---|---|---|"]
@@ -194,6 +195,28 @@ def render_markdown(results: dict[str, Any]) -> str:
     for verb, info in results["wall_s"].items():
         lines.append(f"| {verb} | {info['jobs']} | {info['total']} |")
     return "\n".join(lines) + "\n"
+
+
+def human_lines(results: dict[str, Any]) -> list[str]:
+    """table.md's human-vote section (none when nobody voted)."""
+    human = results.get("human")
+    if not human:
+        return []
+    raters = ", ".join(f"{r} {n}" for r, n in human["votes_per_rater"].items())
+    kappa = human["agreement"]["light_kappa"]
+    lines = ["", "## Human votes", "", f"{human['votes']} votes ({raters}); {human['note']}; agreement where raters "
+             f"overlap: " + (f"Light's kappa {kappa:.2f}." if kappa is not None else
+                             f"{human['agreement']['note'] or 'undefined (one label only)'}."), "",
+             "| dataset | comparison | win rate [95% CI] | votes | raters | prompts won/lost (sign p) |",
+             "|---|---|---|---|---|---|"]
+    for row in human["rows"]:
+        lines.append(f"| {row['dataset']} | {row['comparison']} | {fmt_ci(row['win_rate'], row['ci_low'], row['ci_high'], 2, signed=False)} "
+                     f"| {row['n']} | {row['raters']} | {row['prompts_won']}/{row['prompts_lost']} ({row['sign_p']:.3g}) |")
+    for dataset, models in human["bradley_terry"].items():
+        lines.append("")
+        lines.append(f"Bradley-Terry log-strength, {dataset}: " + "; ".join(
+            f"{m} {fmt_ci(bt['theta'], bt['ci_low'], bt['ci_high'], 2)}" for m, bt in models.items()))
+    return lines
 
 
 SEVERITY_COLUMNS = ("prefix excess_chosen", "prefix excess_rejected", "prefix excess relative_chosen",

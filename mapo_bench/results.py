@@ -169,6 +169,11 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                "rows": rows, "mean_scores": means, "wall_s": wall_times(run_dir)}
     results["trend"] = trends(spec, severity, rows, draws, runner.test_splits())
     results["precision"] = precision(rows, ev.precision)
+    from mapo_bench.human import human_block
+
+    human = human_block(run_dir, results, resamples=ev.resamples, seed=ev.bootstrap_seed)
+    if human is not None:  # only runs someone rated (mapo-bench serve / import-votes) carry the block
+        results["human"] = human
     return results
 
 
