@@ -261,8 +261,7 @@ class Runner:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from multiprocessing import get_context
 
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+        from mapo_bench.progress import RunDisplay
 
         if self.world > 1 and workers > 1:
             raise MapoBenchError(f"--workers {workers} under a {self.world}-process launch: the processes already "
@@ -272,9 +271,9 @@ class Runner:
         done: set[str] = set()
         running: dict[Any, Job] = {}
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), disable=self.rank != 0) as progress:
-            bar = progress.add_task(f"{self.spec.name}", total=len(jobs))
+        display = RunDisplay(self.spec.name, [(j.id, j.verb) for j in jobs], workers=workers,
+                             estimates_s=self.spec.estimates_s, enabled=self.rank == 0)
+        with display:
             try:
                 while pending or running:
                     ready = [j for j in pending.values() if all(d in done or d not in known for d in j.deps)]
@@ -282,17 +281,18 @@ class Runner:
                         del pending[job.id]
                         if self.is_done(job):
                             done.add(job.id)
-                            progress.advance(bar)
+                            display.skip(job.id, job.verb)
                             continue
                         path = self.prepare(job)
-                        progress.console.print(f"[cyan]{'run' if pool is None else 'queued'}[/cyan] {job.id}")
+                        display.started(job.id, job.verb)
                         if pool is None:
-                            self._finish(job, run_job(job.verb, str(path)))
+                            wall = run_pipeline_job(job.verb, str(path))
+                            self._finish(job, wall)
                             wait_for_everyone()
                             done.add(job.id)
-                            progress.advance(bar)
+                            display.finished(job.id, job.verb, wall)
                         else:
-                            running[pool.submit(run_job, job.verb, str(path))] = job
+                            running[pool.submit(run_pipeline_job, job.verb, str(path))] = job
                     if pool is None or not running:
                         if pending and not ready and not running:
                             raise MapoBenchError(f"jobs wait on each other: {', '.join(sorted(pending))}")
@@ -306,7 +306,7 @@ class Runner:
                             raise MapoBenchError(f"job {job.id} failed: {exc}") from None
                         self._finish(job, wall)
                         done.add(job.id)
-                        progress.advance(bar)
+                        display.finished(job.id, job.verb, wall)
             except BaseException:
                 if pool is not None:
                     stop_workers(pool)  # stages are crash-safe; a worker left running would race a resumed run
@@ -337,6 +337,15 @@ def stop_workers(pool: Any) -> None:
         process.terminate()
     for process in list(getattr(pool, "_processes", {}).values()):
         process.join(timeout=10)
+
+
+def run_pipeline_job(verb: str, config_path: str) -> float:
+    """``run_job`` inside ``mapo-bench run``: the stage's own progress output stays off (the run's display
+    shows its progress)."""
+    from mapo_bench.progress import quiet_stage
+
+    with quiet_stage():
+        return run_job(verb, config_path)
 
 
 def run_job(verb: str, config_path: str) -> float:

@@ -41,6 +41,7 @@ from mapo_bench.io import (
     write_json_atomic,
     write_png_atomic,
 )
+from mapo_bench.progress import quiet
 from mapo_bench.threads import on_cpu
 
 IMAGES = "images"
@@ -156,7 +157,7 @@ def sample(cfg: SampleConfig) -> Path:
             backend = load_model(cfg, cfg.device or str(state.device))
         sampler = cfg.sampler or backend.default_sampler
     with watch.time("generate"):
-        _generate(backend, sampler, todo, out, cfg.batch_size, cfg.prompt_prefix, show=state.is_main_process)
+        _generate(backend, sampler, todo, out, cfg.batch_size, cfg.prompt_prefix, show=state.is_main_process and not quiet())
     state.wait_for_everyone()
     if state.is_main_process:
         _write_index(cfg, items, out)

@@ -31,6 +31,7 @@ from mapo_bench.data.schema import DATA_SUBDIR, PARTIAL_SUBDIR, shard_name
 from mapo_bench.data.tasks import Task, task_from_config
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import MANIFEST, make_manifest, read_json, write_json_atomic, write_text_atomic
+from mapo_bench.progress import quiet
 
 STATE_FILE = "build.json"
 BACKEND_RECORD = "backend.json"
@@ -293,7 +294,7 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled or quiet())
 
 
 def _rate_text(progress: Any, task_id: Any) -> str:
@@ -316,7 +317,7 @@ def build_dataset(cfg: BuildConfig) -> Path:
     out = Path(cfg.out or cfg.default_out())
     chash = cfg.config_hash()
     task = task_from_config(cfg)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=quiet())
     started = time.perf_counter()
 
     if main and task.content_warning:

@@ -37,6 +37,7 @@ from mapo_bench.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from mapo_bench.progress import quiet
 from mapo_bench.threads import on_cpu
 
 SCORE_COLUMNS = ("image_id", "prompt_id", "prompt", "seed", "model", "metric", "metric_version", "score",
@@ -190,7 +191,7 @@ def evaluate(cfg: EvalConfig) -> Path:
             evaluators = load_evaluators(cfg, device)
         with watch.time("score"):
             part = score_table(table.iloc[state.process_index::state.num_processes], evaluators, context,
-                               cfg.batch_size, show=state.is_main_process)
+                               cfg.batch_size, show=state.is_main_process and not quiet())
     finally:
         backbones.clear()
     scores = _gather(part, out, state)

@@ -445,7 +445,9 @@ class Trainer:
             self.backend.save_denoiser(denoiser, str(folder / self.backend.denoiser_name))
 
     def _show_progress(self) -> bool:
-        return self.cfg.log.progress and self.accelerator.is_main_process
+        from mapo_bench.progress import quiet
+
+        return self.cfg.log.progress and self.accelerator.is_main_process and not quiet()
 
 
 def _fresh_accelerate_state() -> None:
