@@ -282,8 +282,9 @@ def report(
 @app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")],
-    pairs: Annotated[str, typer.Option(help="model pairs to rate, gallery column names: mapo:dpo,mapo:base")] = "mapo:dpo",
-    per_rater: Annotated[int, typer.Option(help="votes asked of each rater")] = 20,
+    pairs: Annotated[str | None, typer.Option(help="model pairs to rate, gallery column names: mapo:dpo,mapo:base "
+                                                   "(default: the pipeline's rating.pairs)")] = None,
+    per_rater: Annotated[int | None, typer.Option(help="votes asked of each rater (default: rating.per_rater)")] = None,
     datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")] = None,
     host: Annotated[str, typer.Option(help="bind address (anything but localhost warns)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8765,
@@ -292,11 +293,13 @@ def serve(
 
     Example: mapo-bench serve runs/toy-quick --pairs mapo:dpo,mapo:base --per-rater 20
     """
+    from mapo_bench.serve import rating_defaults
     from mapo_bench.serve import serve as serve_run
     from mapo_bench.votes import parse_comparisons
 
-    serve_run(run_dir, parse_comparisons(pairs), per_rater=per_rater, host=host, port=port,
-              datasets=_datasets(datasets))
+    default_pairs, default_per_rater = rating_defaults(run_dir)
+    serve_run(run_dir, parse_comparisons(pairs or default_pairs), per_rater=per_rater or default_per_rater,
+              host=host, port=port, datasets=_datasets(datasets))
 
 
 def _datasets(datasets: str | None) -> list[str] | None:

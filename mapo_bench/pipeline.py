@@ -104,6 +104,13 @@ class EvalSpec(StrictModel):
         return self
 
 
+class RatingSpec(StrictModel):
+    """What ``mapo-bench serve`` asks raters by default (its ``--pairs`` / ``--per-rater`` override it)."""
+
+    pairs: list[str] = Field(default_factory=lambda: ["mapo:dpo"], description="gallery column pairs, e.g. mapo:dpo")
+    per_rater: int = Field(20, ge=1, description="votes asked of each rater")
+
+
 class PipelineSpec(StrictModel):
     """`mapo-bench run SPEC.yaml`: datasets x methods x seeds -> report."""
 
@@ -121,6 +128,7 @@ class PipelineSpec(StrictModel):
     mismatch: dict[str, Any] = Field(default_factory=dict, description="extra mismatch keys")
     eval: EvalSpec
     estimates_s: dict[str, float] = Field(default_factory=dict, description="seconds per job kind for --dry-run")
+    rating: RatingSpec = Field(default_factory=RatingSpec, description="defaults of the rating page")
 
     @field_validator("methods")
     @classmethod

@@ -23,6 +23,18 @@ RATER_NAME = re.compile(r"^[A-Za-z0-9 _.@-]{1,40}$")
 TEMPLATE = "rate.html"
 
 
+def rating_defaults(run_dir: Path) -> tuple[str, int]:
+    """The pipeline's ``rating`` block (pairs as ``a:b,c:d``, votes per rater), from the run's pipeline.json."""
+    from mapo_bench.io import read_json
+    from mapo_bench.pipeline import RatingSpec
+
+    path = Path(run_dir) / "pipeline.json"
+    if not path.is_file():
+        raise MapoBenchError(f"{run_dir}: not a run folder of `mapo-bench run` (pipeline.json missing)")
+    rating = RatingSpec.model_validate(read_json(path).get("rating") or {})
+    return ",".join(rating.pairs), rating.per_rater
+
+
 def rater_order(pairs: list[RatingPair], rater: str) -> list[RatingPair]:
     """The rater's own order of the pairs (seeded by the name: reproducible, different per rater)."""
     order = list(pairs)

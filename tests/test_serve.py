@@ -56,6 +56,16 @@ def test_only_files_under_the_run_are_served(run):
         assert response.status_code == 404 and b"not part of the run" not in response.data, path
 
 
+def test_the_pipeline_sets_what_raters_are_asked(run):
+    from mapo_bench.serve import rating_defaults
+
+    assert rating_defaults(run) == ("mapo:dpo", 20)  # the tiny pipeline has no rating block: the defaults
+    spec = json.loads((run / "pipeline.json").read_text())
+    spec["rating"] = {"pairs": ["mapo:base", "dpo:base"], "per_rater": 7}
+    (run / "pipeline.json").write_text(json.dumps(spec))
+    assert rating_defaults(run) == ("mapo:base,dpo:base", 7)
+
+
 def test_bad_votes_are_400_and_write_nothing(run):
     anonymous = client(run, name=None)
     assert anonymous.get("/api/next").json == {"need_name": True}
