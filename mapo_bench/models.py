@@ -71,3 +71,27 @@ def _from_hub(model_id: str, filename: str | None, allow_patterns: list[str] | N
         raise _missing(model_id, reason) from None
     except Exception as exc:  # noqa: BLE001 - network stacks raise many types; the user needs one line
         raise _missing(model_id, f"hub: {type(exc).__name__}") from None
+
+
+def resolve_pipeline(model_id: str, ignore_patterns: list[str] | None = None,
+                     skip_components: tuple[str, ...] = ()) -> Path:
+    """A diffusers pipeline folder. Local folders (and ``$MAPO_BENCH_MODEL_ROOT`` copies) as they are; from
+    the hub, ``model_index.json`` first, then only the folders of the components it names (less
+    ``skip_components``, e.g. a T5 encoder the recipe drops): SD3.5 and FLUX repositories also hold
+    root-level single-file checkpoints (``flux1-dev.safetensors``, 24 GB) that the diffusers layout never
+    reads."""
+    import json
+
+    path = Path(model_id).expanduser()
+    root = os.environ.get(MODEL_ROOT_VAR)
+    if path.exists() or model_id.startswith((".", "/", "~")) or (root and (Path(root).expanduser() / model_id).exists()):
+        return resolve_model(model_id)
+    index_file = resolve_model(model_id, filename="model_index.json")
+    try:
+        index = json.loads(Path(index_file).read_text())
+    except (OSError, ValueError):
+        raise _missing(model_id, "its model_index.json is unreadable") from None
+    components = sorted(name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+                        and value and value[0] is not None and name not in skip_components)
+    return resolve_model(model_id, allow_patterns=["model_index.json", *(f"{c}/*" for c in components)],
+                         ignore_patterns=ignore_patterns)

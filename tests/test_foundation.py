@@ -193,3 +193,32 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
             cli.main()
         assert exc.value.code == 130
         assert "interrupted; outputs written so far are complete" in capsys.readouterr().err
+
+
+def test_a_hub_pipeline_downloads_only_its_components(monkeypatch, tmp_path):
+    """From the hub, resolve_pipeline reads model_index.json first and then asks for its components' folders
+    only (a FLUX repository's root-level 24 GB single-file checkpoint is never requested); a component the
+    recipe drops (sd3 ``text_encoder_3: null``) is not fetched either. The hub is faked here."""
+    import json
+
+    import huggingface_hub
+
+    from mapo_bench.models import resolve_pipeline
+
+    index = tmp_path / "model_index.json"
+    index.write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+                                 "text_encoder_2": ["transformers", "T5EncoderModel"], "vae": ["diffusers", "AutoencoderKL"],
+                                 "image_encoder": [None, None]}))
+    calls = {}
+    monkeypatch.delenv(MODEL_ROOT_VAR, raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **kw: str(index))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, **kw: calls.update(kw) or str(tmp_path))
+    assert resolve_pipeline("black-forest-labs/FLUX.1-dev", ignore_patterns=["*.onnx"]) == tmp_path
+    assert calls["allow_patterns"] == ["model_index.json", "text_encoder_2/*", "transformer/*", "vae/*"]
+    assert calls["ignore_patterns"] == ["*.onnx"]
+    resolve_pipeline("black-forest-labs/FLUX.1-dev", skip_components=("text_encoder_2",))
+    assert calls["allow_patterns"] == ["model_index.json", "transformer/*", "vae/*"]
+    # a local folder is used as it is, without any hub call
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("hub called"))
+    assert resolve_pipeline(str(tmp_path)) == tmp_path

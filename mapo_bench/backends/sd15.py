@@ -12,7 +12,7 @@ from mapo_bench.backends.base import Backend, Conditioning
 from mapo_bench.config import SamplerConfig
 from mapo_bench.dtypes import dtype_kwargs, resolve_dtype
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.models import resolve_model
+from mapo_bench.models import resolve_model, resolve_pipeline
 
 # Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
 NON_PYTORCH_WEIGHTS = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*openvino*", "*.ckpt",
@@ -53,7 +53,8 @@ class SD15Backend(Backend):
         import diffusers
 
         torch_dtype = resolve_dtype(dtype)
-        local = resolve_model(model, ignore_patterns=NON_PYTORCH_WEIGHTS)
+        skip = tuple(k for k, v in options.items() if v is None)  # components loaded as None (sd3: no T5)
+        local = resolve_pipeline(model, ignore_patterns=NON_PYTORCH_WEIGHTS, skip_components=skip)
         cls.check_model_folder(Path(local), model)
         kwargs = cls.pipeline_kwargs()
         if vae:
