@@ -224,3 +224,26 @@ def test_every_stage_runs_on_the_flow_backend(tmp_path, request, name):
     out = sample(SampleConfig(model=str(base), backend=name, lora=model, prompts="builtin:test", num_prompts=2,
                               seeds=[0], sampler=sampler, out=tmp_path / "samples", device="cpu"))
     assert len(pd.read_parquet(out / INDEX)) == 2
+
+
+def test_text_encoders_leave_the_accelerator_once_captions_are_cached():
+    """offload_text_encoders moves every text encoder that is not on the CPU there (and names it); encoders
+    already on the CPU, and components that are not modules, stay as they are."""
+    from types import SimpleNamespace
+
+    from mapo_bench.backends.base import Backend
+
+    class OnAccelerator(torch.nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(1, device=device))
+            self.moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+    t5, clip = OnAccelerator("meta"), OnAccelerator("cpu")
+    fake = SimpleNamespace(pipeline=SimpleNamespace(text_encoder=clip, text_encoder_2=None, text_encoder_3=t5))
+    assert Backend.offload_text_encoders(fake) == ["text_encoder_3"]
+    assert t5.moved_to == "cpu" and clip.moved_to is None

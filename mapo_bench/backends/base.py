@@ -131,6 +131,22 @@ class Backend(ABC):
             return self.noise_scheduler.get_velocity(x0, noise, timesteps)
         raise ValueError(f"unsupported prediction_type {kind!r}")
 
+    def offload_text_encoders(self) -> list[str]:
+        """Move the text encoders to the CPU once every caption's embeddings are cached: training then never
+        calls them (SD3.5's T5-XXL is about 9.5 GB in bf16 that need not stay on the GPU). Returns the names
+        moved; nothing moves on a CPU run or for a family whose encoders are not pipeline components."""
+        moved = []
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            module = getattr(self.pipeline, name, None)
+            if isinstance(module, torch.nn.Module):
+                first = next(module.parameters(), None)
+                if first is not None and first.device.type != "cpu":
+                    module.to("cpu")
+                    moved.append(name)
+        if moved and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return moved
+
     # -- output ---------------------------------------------------------------------------------
     def save_denoiser(self, denoiser: torch.nn.Module, folder: str) -> None:
         """Save a fully fine-tuned denoiser so this family's pipeline loads it (diffusers layout)."""

@@ -156,6 +156,7 @@ class Trainer:
             warnings.warn("data.crop=random: the latent cache is off (each step draws its own crop)", stacklevel=2)
             enabled = False
         self.cache = None
+        self.offloaded: list[str] = []
         if enabled:
             from mapo_bench.training.cache import LatentCache, cache_key, default_cache_dir, key_folder
 
@@ -169,6 +170,7 @@ class Trainer:
                                                        cfg.batch_size, progress=self._show_progress())
             acc.wait_for_everyone()
             self.cache = LatentCache(folder, key)
+            self.offloaded = self.backend.offload_text_encoders()  # every caption is cached: encoders idle
 
     def _setup_model(self) -> None:
         from mapo_bench.training.cache import frozen_modules
@@ -430,7 +432,8 @@ class Trainer:
                                                    "processes": self.world},
                     timings=watch.timings, method=cfg.method, backend=self.backend.record(),
                     output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
-                    dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None))
+                    dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None,
+                    text_encoders_offloaded=self.offloaded))
             shutil.rmtree(work, ignore_errors=True)
         acc.wait_for_everyone()
         return out
