@@ -269,29 +269,38 @@ def reuse_trained_weights(cfg: ToyPretrainConfig, out: Path, work: Path) -> dict
     """Copy the weights of a finished base with the same training hash into ``work`` (only the gate is
     then re-measured). Returns where they came from (the donor's folder, config hash, training hash and
     the timings of the run that trained them: this run's own timings cover only the gate), or None."""
-    import json
 
     from mapo_bench.toy.config import toy_training_hash
 
     if (work / "base" / "toy_pipeline.json").is_file():
         return None
     wanted = toy_training_hash(cfg)
+    found = find_donor(out, toy_training_hash, wanted)
+    if found is None:
+        return None
+    folder, manifest = found
+    (work / "base").mkdir(parents=True, exist_ok=True)
+    for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
+        src = folder / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / "base" / name)
+    shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
+    return {"folder": str(folder), "config_hash": manifest.get("config_hash"), "training_hash": wanted,
+            "timings": manifest.get("timings"), "created": manifest.get("created"),
+            "code_version": manifest.get("code_version")}
+
+
+def find_donor(out: Path, hash_of: Any, wanted: str) -> tuple[Path, dict[str, Any]] | None:
+    """The first finished base (:func:`trained_candidates`) whose manifest config hashes to ``wanted`` under
+    ``hash_of`` (read as written, never re-validated), with its manifest; None when there is none."""
+    import json
+
     for folder in trained_candidates(out):
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            donor_hash = toy_training_hash(manifest["config"])
+            if hash_of(manifest["config"]) == wanted:
+                return folder, manifest
         except (ValueError, KeyError, TypeError, OSError):
             continue
-        if donor_hash != wanted:
-            continue
-        (work / "base").mkdir(parents=True, exist_ok=True)
-        for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
-            src = folder / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / "base" / name)
-        shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
-        return {"folder": str(folder), "config_hash": manifest.get("config_hash"), "training_hash": wanted,
-                "timings": manifest.get("timings"), "created": manifest.get("created"),
-                "code_version": manifest.get("code_version")}
     return None
 
 
@@ -299,23 +308,17 @@ def reuse_trained_classifier(cfg: ToyPretrainConfig, out: Path, work: Path) -> d
     """Copy the classifier of a finished base with the same evaluator hash into ``work/evaluators`` (one
     instrument for every base: ``toy-flow`` is scored by the classifier ``toy`` ships). Returns the donor's
     folder and evaluator hash, or None."""
-    import json
 
     from mapo_bench.toy.config import toy_evaluator_hash
 
     if (work / "evaluators" / "classifier.json").is_file():
         return None
     wanted = toy_evaluator_hash(cfg)
-    for folder in trained_candidates(out):
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-            donor_hash = toy_evaluator_hash(manifest["config"])
-        except (ValueError, KeyError, TypeError, OSError):
-            continue
-        if donor_hash == wanted and (folder / "evaluators" / "classifier.json").is_file():
-            shutil.copytree(folder / "evaluators", work / "evaluators", dirs_exist_ok=True)
-            return {"folder": str(folder), "evaluator_hash": wanted}
-    return None
+    found = find_donor(out, toy_evaluator_hash, wanted)
+    if found is None or not (found[0] / "evaluators" / "classifier.json").is_file():
+        return None
+    shutil.copytree(found[0] / "evaluators", work / "evaluators", dirs_exist_ok=True)
+    return {"folder": str(found[0]), "evaluator_hash": wanted}
 
 
 def pretrain(cfg: ToyPretrainConfig) -> Path:
