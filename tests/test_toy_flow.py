@@ -141,3 +141,32 @@ def test_tiny_flow_pretrain_borrows_the_classifier(tmp_path, monkeypatch):
     assert json.loads((flow_out / "toy_pipeline.json").read_text())["objective"] == "flow"
     backend = load_backend("toy-flow", str(flow_out))
     assert backend.generate(["a red circle"], [0], SamplerConfig(steps=2, guidance=2.0))[0].size == (32, 32)
+
+
+@pytest.mark.parametrize(("recipe", "objective"), [("pretrain.yaml", "v"), ("pretrain-flow.yaml", "flow")])
+def test_pretrain_recipes_spell_out_the_shipped_defaults(recipe, objective):
+    from pathlib import Path
+
+    import yaml
+
+    from mapo_bench.toy.config import ToyPretrainConfig, default_config, toy_config_hash
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "toy" / recipe
+    cfg = ToyPretrainConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert toy_config_hash(cfg) == toy_config_hash(default_config(objective))
+
+
+def test_shipped_flow_base_matches_its_config_and_passed_its_gate():
+    """The shipped toy-flow weights come from default_config("flow"), passed the enforced gate, use the v
+    base's classifier (same bytes: one instrument), and sample."""
+    from mapo_bench.toy.shipped import ASSETS, read_manifest, shipped_dir, stale_message
+
+    folder = shipped_dir("toy-flow")
+    manifest = read_manifest(folder)
+    assert stale_message(manifest, "toy-flow") is None, stale_message(manifest, "toy-flow")
+    assert manifest["gate_verdict"]["status"] == "passed" and manifest["gate_verdict"]["enforce"] is True
+    assert (folder / "evaluators" / "classifier.safetensors").read_bytes() == \
+        (ASSETS / "evaluators" / "classifier.safetensors").read_bytes()
+    backend = load_backend("toy-flow")
+    assert backend.record()["gate"] == "gated"
+    assert backend.generate(["cartoon style: a large blue square on the right"], [0], backend.default_sampler)[0].size == (32, 32)
