@@ -27,6 +27,9 @@ app.add_typer(cache_app, name="cache")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (a recipe).")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.path=value overrides, applied last.")]
+RunDirArg = Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")]
+PairsOpt = Annotated[str, typer.Option(help="model pairs, gallery column names: mapo:dpo,mapo:base")]
+DatasetsOpt = Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")]
 
 
 def _sugar(overrides: list[str] | None, **flags: object) -> list[str]:
@@ -281,11 +284,11 @@ def report(
 
 @app.command()
 def serve(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")],
+    run_dir: RunDirArg,
     pairs: Annotated[str | None, typer.Option(help="model pairs to rate, gallery column names: mapo:dpo,mapo:base "
                                                    "(default: the pipeline's rating.pairs)")] = None,
     per_rater: Annotated[int | None, typer.Option(help="votes asked of each rater (default: rating.per_rater)")] = None,
-    datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")] = None,
+    datasets: DatasetsOpt = None,
     host: Annotated[str, typer.Option(help="bind address (anything but localhost warns)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8765,
 ) -> None:
@@ -308,10 +311,10 @@ def _datasets(datasets: str | None) -> list[str] | None:
 
 @app.command("export-pairs")
 def export_pairs(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder of `mapo-bench run` (its report written)")],
+    run_dir: RunDirArg,
     out: Annotated[Path, typer.Option(help="folder to write: pairs.csv and the images under anonymous names")],
-    pairs: Annotated[str, typer.Option(help="model pairs, gallery column names: mapo:dpo,mapo:base")] = "mapo:dpo",
-    datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (default: all)")] = None,
+    pairs: PairsOpt = "mapo:dpo",
+    datasets: DatasetsOpt = None,
 ) -> None:
     """Write anonymised rating pairs (pairs.csv: pair_id, prompt, seed, left and right image) for an outside service.
 
@@ -325,10 +328,10 @@ def export_pairs(
 
 @app.command("import-votes")
 def import_votes(
-    run_dir: Annotated[Path, typer.Argument(help="the run folder the pairs were exported from")],
+    run_dir: RunDirArg,
     votes: Annotated[Path, typer.Argument(help="CSV with rater, pair_id, choice (left | right | tie)")],
-    pairs: Annotated[str, typer.Option(help="the --pairs of the export")] = "mapo:dpo",
-    datasets: Annotated[str | None, typer.Option(help="the --datasets of the export")] = None,
+    pairs: PairsOpt = "mapo:dpo",
+    datasets: DatasetsOpt = None,
 ) -> None:
     """Add votes collected outside the app to RUN_DIR/votes.sqlite (then `mapo-bench report RUN_DIR`).
 

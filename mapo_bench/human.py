@@ -97,7 +97,7 @@ def human_block(run_dir: Path, results: dict[str, Any], resamples: int = 1000, s
     """The ``human`` block from ``<run>/votes.sqlite`` (None when nobody voted)."""
     import pandas as pd
 
-    from mapo_bench.report_html import gallery_columns
+    from mapo_bench.results import selected_models
     from mapo_bench.stats import compare
     from mapo_bench.votes import read_votes
 
@@ -106,7 +106,7 @@ def human_block(run_dir: Path, results: dict[str, Any], resamples: int = 1000, s
         return None
     rows, ratings = [], {}
     for (dataset, a, b), group in votes.groupby(["dataset", "model_a", "model_b"], sort=True):
-        names = {label: name for name, label in gallery_columns(results, dataset)} if dataset in results["severity"] else {}
+        names = {label: name for name, label in selected_models(results, dataset)} if dataset in results["severity"] else {}
         table = pd.DataFrame({"train_seed": 0, "prompt_id": group["prompt_id"], "seed": group["seed"],
                               "outcome": group["choice"].map(OUTCOME)})
         row = compare(table, resamples=resamples, seed=seed, ci=ci)

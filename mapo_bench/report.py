@@ -304,32 +304,20 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
     """A PNG grid: rows = test prompts (sampling seed of the first image), columns = the base, the target
     (the base prompted with the chosen prefix: what the data asks for) and each method at its selected
     setting (first training seed), named in a header strip (and, with the prompts, in the ``.json`` beside it)."""
-    import pandas as pd
     from PIL import Image, ImageDraw
 
-    from mapo_bench.report_html import gallery_columns
+    from mapo_bench.report_html import gallery
 
-    columns = [(name, run_dir / "samples" / label / "test") for name, label in gallery_columns(results, dataset)]
-    columns = [(name, folder) for name, folder in columns if name != "target" or folder.is_dir()]
-    indexes = []
-    for _, folder in columns:
-        index_path = folder / "index.parquet"
-        if not index_path.is_file():
-            return None
-        indexes.append(pd.read_parquet(index_path))
-    first = indexes[0].sort_values(["prompt_id", "seed"]).drop_duplicates("prompt_id").head(max_prompts)
-    tiles = []
-    for _, row in first.iterrows():
-        tile_row = []
-        for (_, folder), index in zip(columns, indexes, strict=True):
-            match = index[(index["prompt_id"] == row["prompt_id"]) & (index["seed"] == row["seed"])]
-            tile_row.append(Image.open(folder / match.iloc[0]["file"]).convert("RGB") if len(match) else None)
-        tiles.append(tile_row)
+    found = gallery(run_dir, results, dataset, max_prompts=max_prompts, scores=False)
+    if found is None or not found["complete"]:
+        return None
+    columns = found["columns"]
+    tiles = [[Image.open(c["file"]).convert("RGB") if c else None for c in row["cells"]] for row in found["rows"]]
     size = next(t for r in tiles for t in r if t is not None).size
     w, h = size[0] * scale, size[1] * scale
     grid = Image.new("RGB", (w * len(columns), GRID_HEADER_PX + h * len(tiles)), "white")
     draw = ImageDraw.Draw(grid)
-    for j, (name, _) in enumerate(columns):
+    for j, name in enumerate(columns):
         draw.text((j * w + 2, 2), name, fill="black")
     for i, tile_row in enumerate(tiles):
         for j, tile in enumerate(tile_row):
@@ -337,7 +325,7 @@ def sample_grid(run_dir: Path, results: dict[str, Any], dataset: str, path: Path
                 grid.paste(tile.resize((w, h), Image.NEAREST), (j * w, GRID_HEADER_PX + i * h))
     from mapo_bench.io import write_png_atomic
 
-    legend = {"columns": [c for c, _ in columns], "rows": list(first["prompt"]), "sampling_seed": "first per prompt"}
+    legend = {"columns": columns, "rows": [row["prompt"] for row in found["rows"]], "sampling_seed": "first per prompt"}
     write_json_atomic(path.with_suffix(".json"), legend)
     return write_png_atomic(path, grid)
 

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mapo_bench.pipeline import point_name
+from mapo_bench.results import selected_models
 
 TEMPLATE = "report.html"
 GALLERY_PROMPTS = 6  # prompts per dataset in the gallery: the page stays small for runs with many images
@@ -30,24 +30,10 @@ def inline_markdown(text: str) -> Any:
     return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", out))
 
 
-def gallery_columns(results: dict[str, Any], dataset: str) -> list[tuple[str, str]]:
-    """(column name, run label) of a dataset's gallery: the base, the target (the base with the chosen
-    prefix, where the run sampled it) and each method at its selected setting, first training seed."""
-    seed = results["config"]["seeds"][0]
-    columns = [("base", "base"), ("target", f"target/{dataset}")]
-    for method, cell in results["selection"]["cells"][dataset].items():
-        if cell["status"] != "failed":
-            columns.append((method, f"{dataset}/{method}/{point_name(cell['grid'])}-s{seed}"))
-    return columns
-
-
-def scores_label(label: str, dataset: str) -> str:
-    """Where the run scored a sample folder: the base is scored once per dataset (its task's context)."""
-    return f"base/{dataset}" if label == "base" else label
-
-
 def _image_scores(run_dir: Path, label: str, dataset: str, split: str) -> dict[tuple[int, int], dict[str, float]]:
     import pandas as pd
+
+    from mapo_bench.runner import scores_label
 
     path = run_dir / "scores" / scores_label(label, dataset) / split / "scores.parquet"
     if not path.is_file():
@@ -60,35 +46,40 @@ def _image_scores(run_dir: Path, label: str, dataset: str, split: str) -> dict[t
 
 
 def gallery(run_dir: Path, results: dict[str, Any], dataset: str, split: str = "test",
-            max_prompts: int = GALLERY_PROMPTS) -> dict[str, Any] | None:
-    """A dataset's gallery: column names and rows of images (relative src, prompt, seed, model, scores)."""
+            max_prompts: int = GALLERY_PROMPTS, scores: bool = True) -> dict[str, Any] | None:
+    """A dataset's gallery: column names and rows of images (file, src relative to ``report/``, prompt, seed,
+    model, scores), the first ``max_prompts`` prompts at their first sampling seed. ``complete``: every
+    model has its samples (the target is optional: only tasks with a chosen prefix have one)."""
     import pandas as pd
 
     report = run_dir / "report"
-    columns, indexes = [], []
-    for name, label in gallery_columns(results, dataset):
+    columns, indexes, complete = [], [], True
+    for name, label in selected_models(results, dataset):
         folder = run_dir / "samples" / label / split
         if (folder / "index.parquet").is_file():
             columns.append((name, label, folder))
             indexes.append(pd.read_parquet(folder / "index.parquet"))
+        elif name != "target":
+            complete = False
     if not columns:
         return None
     first = indexes[0].sort_values(["prompt_id", "seed"]).drop_duplicates("prompt_id").head(max_prompts)
-    scores = [_image_scores(run_dir, label, dataset, split) for _, label, _ in columns]
+    tables = [_image_scores(run_dir, label, dataset, split) if scores else {} for _, label, _ in columns]
     rows = []
     for item in first.itertuples(index=False):
         key = (int(item.prompt_id), int(item.seed))
         cells = []
-        for (name, label, folder), index, table in zip(columns, indexes, scores, strict=True):
+        for (name, label, folder), index, table in zip(columns, indexes, tables, strict=True):
             match = index[(index["prompt_id"] == key[0]) & (index["seed"] == key[1])]
             if not len(match):
                 cells.append(None)
                 continue
-            src = Path(os.path.relpath(folder / match.iloc[0]["file"], report)).as_posix()
-            cells.append({"src": src, "prompt": match.iloc[0]["prompt"], "seed": key[1], "model": label,
-                          "column": name, "scores": table.get(key, {})})
+            file = folder / match.iloc[0]["file"]
+            cells.append({"file": file, "src": Path(os.path.relpath(file, report)).as_posix(),
+                          "prompt": match.iloc[0]["prompt"], "seed": key[1], "model": label, "column": name,
+                          "scores": table.get(key, {})})
         rows.append({"prompt": item.prompt, "cells": cells})
-    return {"dataset": dataset, "columns": [name for name, _, _ in columns], "rows": rows}
+    return {"dataset": dataset, "columns": [name for name, _, _ in columns], "rows": rows, "complete": complete}
 
 
 def data_cards(run_dir: Path, results: dict[str, Any]) -> dict[str, str]:

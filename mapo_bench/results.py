@@ -298,3 +298,14 @@ def wall_times(run_dir: Path) -> dict[str, Any]:
         info = json.loads(marker.read_text())
         timings.setdefault(info["verb"], []).append(info["wall_s"])
     return {verb: {"jobs": len(v), "total": round(sum(v), 1)} for verb, v in timings.items()}
+
+
+def selected_models(results: dict[str, Any], dataset: str) -> list[tuple[str, str]]:
+    """(name, run label) of the models a dataset's report shows: the base, the target (the base with the
+    chosen prefix, where the run sampled it) and each method at its selected setting, first training seed."""
+    seed = results["config"]["seeds"][0]
+    models = [("base", "base"), ("target", f"target/{dataset}")]
+    for method, cell in results["selection"]["cells"][dataset].items():
+        if cell["status"] != "failed":
+            models.append((method, f"{dataset}/{method}/{point_name(cell['grid'])}-s{seed}"))
+    return models

@@ -131,12 +131,12 @@ class Runner:
                    {**meta, "split": split, "label": label})
 
     def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
-        scores_label = f"base/{d.name}" if label == "base" else label
+        scored = scores_label(label, d.name)
         context = score_context(d, self.spec.backend)
         config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
-                  "images": [str(sample.out)], "out": str(self.scores_dir(scores_label, split))}
-        return Job(f"eval:{scores_label}:{split}", "eval", config, self.scores_dir(scores_label, split), [sample.id],
-                   {**meta, "split": split, "label": label, "dataset": d.name, "scores": str(self.scores_dir(scores_label, split))})
+                  "images": [str(sample.out)], "out": str(self.scores_dir(scored, split))}
+        return Job(f"eval:{scored}:{split}", "eval", config, self.scores_dir(scored, split), [sample.id],
+                   {**meta, "split": split, "label": label, "dataset": d.name, "scores": str(self.scores_dir(scored, split))})
 
     def _train_chain(self, d: DatasetSpec, method: str, values: dict[str, Any], seed: int, splits: list[str]) -> list[Job]:
         """Train ``method`` at grid ``values`` on dataset ``d`` with ``seed``, then sample and score it on each split."""
@@ -355,6 +355,11 @@ def run_job(verb: str, config_path: str) -> float:
     start = time.perf_counter()
     getattr(api, API_FUNCTIONS[verb])(config_path)
     return time.perf_counter() - start
+
+
+def scores_label(label: str, dataset: str) -> str:
+    """Where the run scores a sample folder: the base once per dataset (each task's scoring context)."""
+    return f"base/{dataset}" if label == "base" else label
 
 
 STYLE_METRICS = ("style", "toy-style")

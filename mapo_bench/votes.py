@@ -74,7 +74,7 @@ def rating_pairs(run_dir: Path, comparisons: list[tuple[str, str]], datasets: li
     import pandas as pd
 
     from mapo_bench.io import read_json
-    from mapo_bench.report_html import gallery_columns
+    from mapo_bench.results import selected_models
 
     results_path = run_dir / "report" / "results.json"
     if not results_path.is_file():
@@ -86,7 +86,7 @@ def rating_pairs(run_dir: Path, comparisons: list[tuple[str, str]], datasets: li
         raise MapoBenchError(f"datasets {', '.join(unknown)} not in this run; it has {', '.join(results['severity'])}")
     pairs = []
     for dataset in wanted:
-        labels = dict(gallery_columns(results, dataset))
+        labels = dict(selected_models(results, dataset))
         for a, b in comparisons:
             if a not in labels or b not in labels:
                 continue  # e.g. a failed cell: that method has no selected model here

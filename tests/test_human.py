@@ -43,7 +43,7 @@ def test_votes_become_the_human_block(tmp_path):
     mapo vs dpo: 6 wins (alice) + 6 ties (bob) -> win rate (6 + 3) / 12 = 0.75; mapo vs base: 12 / 12 = 1.
     Kappa on the 12 shared pairs: p_o = 6/12, p_e = 1 * 0.5 (alice always 'a'; bob 'a' half the time) -> 0."""
     from mapo_bench.report import write_report
-    from mapo_bench.report_html import gallery_columns
+    from mapo_bench.results import selected_models
     from mapo_bench.votes import VOTES_FILE, RatingPair, VoteStore
 
     run = make_run(tmp_path)
@@ -51,7 +51,7 @@ def test_votes_become_the_human_block(tmp_path):
     results = json.loads((run / "report" / "results.json").read_text())
     assert "human" not in results  # nobody voted yet
     store = VoteStore(run / VOTES_FILE)
-    labels = dict(gallery_columns(results, "style-a"))  # column name -> run label (dpo: a failed cell here)
+    labels = dict(selected_models(results, "style-a"))  # column name -> run label (dpo: a failed cell here)
     labels["dpo"] = "style-a/dpo/default-s0"
     for other in ("dpo", "base"):
         for prompt in range(3):

@@ -1,7 +1,7 @@
 """The toy weights shipped inside the package (``mapo_bench/toy/assets/``) and other toy bases.
 
 ``toy`` as a model id means the shipped v-prediction base (``assets/``), ``toy-flow`` the shipped
-rectified-flow base (``assets-flow/``); any other id is a folder written by ``mapo-bench toy pretrain``
+rectified-flow base (``assets/flow/``); any other id is a folder written by ``mapo-bench toy pretrain``
 (or a fine-tuned ``unet/`` / LoRA folder over a shipped base). When a shipped manifest's config hash
 differs from the current default config of its objective, toy commands warn once with the command that
 re-pretrains.
@@ -17,7 +17,7 @@ from pathlib import Path
 from mapo_bench.errors import MapoBenchError
 
 ASSETS = Path(__file__).parent / "assets"
-ASSETS_FLOW = Path(__file__).parent / "assets-flow"
+ASSETS_FLOW = ASSETS / "flow"  # inside the shipped folder: the one place generated weights live in git
 SHIPPED_ID = "toy"
 SHIPPED = {"toy": (ASSETS, "v", "recipes/toy/pretrain.yaml"), "toy-flow": (ASSETS_FLOW, "flow", "recipes/toy/pretrain-flow.yaml")}
 REPRETRAIN = "mapo-bench toy pretrain --config recipes/toy/pretrain.yaml"
