@@ -7,27 +7,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mapo_bench.report import HTML_FILE, PLOT_FILE, fmt_ci, headline_rows
+from mapo_bench.report import HTML_FILE, PLOT_FILE, find_row, fmt_ci, headline_rows
+
+
+def failed_methods(results: dict[str, Any], dataset: str) -> list[str]:
+    """The methods of ``dataset`` whose every setting missed the fidelity gate on validation."""
+    return [c["method"] for c in results["selection_check"] if c["dataset"] == dataset and c["status"] == "failed"]
 
 
 def answer_table(results: dict[str, Any]) -> Any:
-    """A rich Table: dataset, severity x [95% CI], the MaPO - DPO mean gap [95% CI] and its win rate."""
+    """A rich Table: dataset, severity x [95% CI], the MaPO - DPO mean gap [95% CI] and its win rate; a failed
+    cell names the methods that missed the gate, and a run with a matched view (every method at fixed settings,
+    whatever the gate says) gets that view's gap beside it, so a failed tuned cell still shows what happened."""
     from rich.table import Table
 
     comparisons, rows = headline_rows(results)
+    matched = any(r["view"] == "matched" for r in results["rows"])
     table = Table(title=f"{results['pipeline']}: MaPO - Diffusion-DPO mean preference gap by severity\n"
-                        "(test prompts, tuned settings, 95% CIs; metric per side below)")
-    for column in ("dataset", "severity", "mapo - dpo", "wins"):
-        table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=True)
+                        "(test prompts, 95% CIs; tuned: each method's selected setting"
+                        + ("; matched: the fixed settings, whatever the gate says" if matched else "") + ")")
+    columns = ["dataset", "severity", "tuned", "wins"] + (["matched", "wins"] if matched else [])
+    for column in columns:  # intervals may wrap at their space on a narrow terminal; names and win rates do not
+        table.add_column(column, justify="left" if column == "dataset" else "right",
+                         no_wrap=column in ("dataset", "wins"))
     for name, sev, cells in rows:
-        row = cells.get("mapo vs dpo")
         x = fmt_ci(sev["severity_x"], sev["severity_ci_low"], sev["severity_ci_high"], 4, signed=False)
-        if row is None:
-            table.add_row(name, x, "failed cell" if "mapo vs dpo" in comparisons else "-", "-")
-            continue
-        table.add_row(name, x, fmt_ci(row["advantage"], row["advantage_ci_low"], row["advantage_ci_high"]),
-                      f"{row['win_rate']:.2f}")
+        tuned = cells.get("mapo vs dpo")
+        if tuned is not None or "mapo vs dpo" not in comparisons:
+            shown = [*_gap_cells(tuned)]
+        else:
+            shown = [f"failed: {', '.join(m for m in failed_methods(results, name) if m in ('mapo', 'dpo'))} (gate)", "-"]
+        if matched:
+            shown += _gap_cells(find_row(results, name, "mapo vs dpo", view="matched"))
+        table.add_row(name, x, *shown)
     return table
+
+
+def _gap_cells(row: dict[str, Any] | None) -> list[str]:
+    if row is None:
+        return ["-", "-"]
+    return [fmt_ci(row["advantage"], row["advantage_ci_low"], row["advantage_ci_high"]), f"{row['win_rate']:.2f}"]
 
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:

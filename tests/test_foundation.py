@@ -114,6 +114,22 @@ def test_thread_policy_defaults_to_one(monkeypatch):
         thread_count()
 
 
+def test_denormals_are_flushed_only_inside_the_training_block():
+    """1e-39 is a float32 denormal: zero inside ``flush_denormals`` (where the CPU supports it), itself after."""
+    import torch
+
+    from mapo_bench.threads import flush_denormals
+
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() > 0
+    with flush_denormals() as enabled:
+        inside = (tiny * 1.0).item()
+    if not enabled:
+        pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal returned False)")
+    assert inside == 0.0
+    assert (tiny * 1.0).item() > 0
+
+
 def test_clip_tokenizer_matches_open_clip_ids():
     """Known CLIP ids: <|startoftext|> 49406, 'a' 320, 'photo' 1125, 'of' 539, 'cat' 2368, <|endoftext|> 49407."""
     from mapo_bench.clip_tokenizer import load_clip_tokenizer

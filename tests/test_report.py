@@ -226,7 +226,7 @@ def test_answer_says_when_the_verdict_depends_on_the_severity_measure():
 
 def test_the_printed_answer_and_the_page_name_the_failed_cells_and_the_verdict(tmp_path):
     """The synthetic run (dpo fails the fidelity gate everywhere: toy-content 0.6 against 0.8 / 0.9): every
-    printed mapo - dpo cell is a failed cell, the verdicts are printed with the page and plot paths, and
+    printed mapo - dpo cell is a failed cell naming dpo, the verdicts are printed with the page and plot paths, and
     index.html shows the same verdict and every failed headline cell (mapo vs dpo and dpo vs base, 4 each)."""
     from rich.console import Console
 
@@ -236,7 +236,7 @@ def test_the_printed_answer_and_the_page_name_the_failed_cells_and_the_verdict(t
     console = Console(record=True, width=120)
     print_answer(out, console)
     text = console.export_text()
-    assert text.count("failed cell") == 4 and "safety" in text and "0.0200 [0.0199, 0.0201]" in text
+    assert text.count("failed: dpo (gate)") == 4 and "safety" in text and "0.0200 [0.0199, 0.0201]" in text
     assert "chosen-side mismatch: MaPO's edge over DPO on toy-style not testable" in text
     assert f"page: {out / 'index.html'}" in text and f"plot: {out / 'severity_vs_effect.png'}" in text
     page = (out / "index.html").read_text()

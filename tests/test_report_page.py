@@ -52,3 +52,28 @@ def test_report_page_from_the_file_system(tiny_runs, page):
     for href in ("results.json", "table.csv", "table.md"):
         assert (run / "report" / href).is_file()
     assert page.errors == []
+
+
+def test_the_printed_answer_shows_the_matched_view_beside_the_tuned_one(tiny_runs):
+    """A run with a matched view prints its MaPO - DPO gap per dataset beside the tuned one, the numbers of
+    results.json's matched rows; a tuned cell that failed names the method that missed the gate."""
+    from rich.console import Console
+
+    from mapo_bench.report import find_row, fmt_ci
+    from mapo_bench.report_console import failed_methods, print_answer
+
+    _, (run, _) = tiny_runs
+    results = json.loads((run / "report" / "results.json").read_text())
+    console = Console(record=True, width=200)
+    print_answer(run / "report", console)
+    lines = console.export_text().splitlines()
+    assert any("matched" in line and "tuned" in line for line in lines)
+    for dataset in results["severity"]:
+        line = next(line for line in lines if line.startswith(f"│ {dataset} "))
+        matched = find_row(results, dataset, "mapo vs dpo", view="matched")
+        assert fmt_ci(matched["advantage"], matched["advantage_ci_low"], matched["advantage_ci_high"]) in line
+        tuned = find_row(results, dataset, "mapo vs dpo")
+        if tuned is None:
+            assert f"failed: {', '.join(failed_methods(results, dataset))}" in line
+        else:
+            assert fmt_ci(tuned["advantage"], tuned["advantage_ci_low"], tuned["advantage_ci_high"]) in line

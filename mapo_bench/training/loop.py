@@ -27,6 +27,7 @@ from mapo_bench import losses
 from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.methods import Errors
+from mapo_bench.threads import flush_denormals
 from mapo_bench.training.config import TrainConfig, result_hash
 
 LOG_FILE = "train_log.jsonl"
@@ -405,7 +406,7 @@ class Trainer:
             if self.accelerator.log_with:
                 acc.init_trackers("mapo-bench", config=_flat(cfg.model_dump(mode="json")))
         last: dict[str, float] = {}
-        with watch.time("train"), _Progress(acc.is_main_process and self._show_progress(), cfg.max_steps,
+        with watch.time("train"), flush_denormals(), _Progress(acc.is_main_process and self._show_progress(), cfg.max_steps,
                                             self.step) as bar:
             while self.step < cfg.max_steps:
                 last = self.optimizer_step(self.next_micro_batches())
