@@ -86,6 +86,8 @@ EVALUATORS.add("hps", "mapo_bench.evaluators.hps:HPS", "Human Preference Score v
 EVALUATORS.add("aesthetic", "mapo_bench.evaluators.aesthetic:Aesthetic", "LAION aesthetic predictor v2 on CLIP ViT-L/14")
 EVALUATORS.add("clip", "mapo_bench.evaluators.clip_score:ClipScore", "CLIP score, 100 * cos (ViT-L/14)")
 EVALUATORS.add("style", "mapo_bench.evaluators.style:StyleAdherence", "CLIP zero-shot target-style probability")
+EVALUATORS.add("clip-i", "mapo_bench.evaluators.subject:ClipImageSimilarity", "subject fidelity: mean CLIP image cosine to the subject images")
+EVALUATORS.add("dino", "mapo_bench.evaluators.subject:DinoSimilarity", "subject fidelity: mean DINO ViT-S/16 cosine to the subject images")
 EVALUATORS.add("nsfw", "mapo_bench.evaluators.nsfw:NSFWScore", "SD safety checker continuous score")
 EVALUATORS.add("toy-style", "mapo_bench.evaluators.toy:ToyStyle", "toy: probability of the target style")
 EVALUATORS.add("toy-content", "mapo_bench.evaluators.toy:ToyContent", "toy: probability of right shape, colour, position")

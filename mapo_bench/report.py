@@ -77,6 +77,15 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     failed = [f"{c['dataset']} {c['method']}" for c in results["selection_check"] if c["status"] == "failed"]
     if failed:
         lines.append(f"- Failed cells (no setting passed the fidelity gate on validation): {', '.join(failed)}.")
+    matched = [(name, find_row(results, name, "mapo vs dpo", view="matched"),
+                find_row(results, name, "mapo vs dpo", role="fidelity", view="matched")) for name in results["severity"]]
+    if any(pref for _, pref, _ in matched):
+        lines.append("- Matched view (each method at the pipeline's fixed settings, reported whatever the gate says), "
+                     "MaPO - Diffusion-DPO on test prompts: " + "; ".join(
+                         f"{name} {pref['metric']} {fmt_ci(pref['advantage'], pref['advantage_ci_low'], pref['advantage_ci_high'])}"
+                         + (f", {fid['metric']} {fmt_ci(fid['advantage'], fid['advantage_ci_low'], fid['advantage_ci_high'])}"
+                            if fid else "")
+                         for name, pref, fid in matched if pref) + ".")
     edges = sorted({f"{c['method']} {c['setting']} ({'; '.join(c['edges'])})" for c in results["selection_check"]
                     if c["edges"]})
     if edges:
@@ -258,13 +267,15 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, side, title in ((axes[0], "chosen", "chosen-side mismatch (Pick-Style-like)"),
                             (axes[1], "rejected", "rejected-side mismatch (Pick-Safety-like)")):
         rows = [r for r in results["rows"] if r["prefixed_side"] == side and r["role"] == "preference"
                 and r["severity_x"] is not None and r["split"] == "test" and r["view"] == "tuned"]
-        for comparison in [c for c in PLOTTED if any(r["comparison"] == c for r in rows)]:
+        plotted = [c for c in PLOTTED if any(r["comparison"] == c for r in rows)]
+        for comparison in plotted:
             points = sorted((r for r in rows if r["comparison"] == comparison), key=lambda r: r["severity_x"])
             sev = [results["severity"][r["dataset"]] for r in points]
             xs = np.array([r["severity_x"] for r in points])
@@ -276,10 +287,11 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
                              for y, r in zip(ys, points, strict=True)]).T
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, lw=1.6 if comparison == "mapo vs dpo" else 1,
                         label=comparison)
-            if comparison == "mapo vs dpo":
+            if comparison == plotted[0]:  # the levels are labelled once, on the main comparison present
                 for x, y, r in zip(xs, ys, points, strict=True):
                     ax.annotate(r["dataset"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # severity values are small: long tick labels must not collide
         verdicts = [b["primary"]["verdict"] for b in results["trend"].values() if b["primary"]["side"] == side]
         ax.set_title(title + (f" - trend: {', '.join(verdicts)}" if verdicts else ""), fontsize=10)
         measure = results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"

@@ -69,3 +69,18 @@ def build_tiny_aesthetic(path: str | Path, input_dim: int = 16, seed: int = 0) -
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(mlp.state_dict(), path)
     return path
+
+
+def build_tiny_dino(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random ViT (patch 16, as DINO ViT-S/16) with a ViTImageProcessor (ImageNet mean / std, as
+    ``facebook/dino-vits16``'s), saved in hub layout, for the ``dino`` evaluator's tests."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                       image_size=image_size, patch_size=16)
+    folder = Path(folder)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder

@@ -1,0 +1,157 @@
+"""Folders of images in the Hugging Face ``imagefolder`` convention: the one reader of user image folders.
+
+A folder holds image files and, optionally, ``metadata.jsonl``: one JSON object per line with a
+``file_name`` (relative to the folder) and per-image fields (``prompt`` or ``caption`` or ``text``;
+optional ``seed`` and ``model``). Without metadata every image file directly in the folder is read, in
+name order, with no caption. Used by the subject-fidelity metrics (``clip-i``, ``dino``: the subject's
+reference images) and by issue 14's from-images task and issue 15's ``eval`` on image folders.
+
+Every image is decoded once when the folder is read, upright (EXIF orientation applied) and in RGB, so
+a bad file is named before any work starts; ``skip_bad=True`` skips such files and counts them instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mapo_bench.errors import MapoBenchError
+
+METADATA_FILE = "metadata.jsonl"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CAPTION_KEYS = ("prompt", "caption", "text")
+
+
+@dataclass(frozen=True)
+class FolderImage:
+    """One image of a folder: its file, caption, optional seed / model label, original size and pixels."""
+
+    file: Path
+    prompt: str | None
+    seed: int | None
+    model: str | None
+    original_size: tuple[int, int]
+    image: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The usable images of a folder and the files skipped as bad (file -> reason; only with skip_bad)."""
+
+    root: Path
+    images: list[FolderImage]
+    skipped: dict[str, str]
+
+
+def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
+    """Decode ``path`` fully, apply its EXIF orientation, convert to RGB; returns (image, size as stored)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        opened.load()
+        size = opened.size
+        upright = ImageOps.exif_transpose(opened)
+        image = upright.convert("RGB") if upright.mode != "RGB" else upright.copy()
+    return image, size
+
+
+def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool = False,
+                      require_prompts: bool = False) -> ImageFolder:
+    """Read ``folder``; every problem is one MapoBenchError line naming the file (and metadata line).
+
+    ``min_images``: fewer usable images is an error. ``require_prompts``: every image needs a caption.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise MapoBenchError(f"{root}: no such image folder")
+    entries = _metadata_entries(root) if (root / METADATA_FILE).is_file() else _plain_entries(root)
+    images: list[FolderImage] = []
+    skipped: dict[str, str] = {}
+    for where, relative, meta in entries:
+        path = root / relative
+        try:
+            image, size = load_upright_rgb(path)
+        except Exception as exc:  # noqa: BLE001 - PIL raises several types for corrupt or huge files
+            reason = f"cannot decode image ({type(exc).__name__})"
+            if not skip_bad:
+                raise MapoBenchError(f"{path}{where}: {reason}; remove the file or skip bad images "
+                                     "(skip_bad=true)") from None
+            skipped[relative] = reason
+            continue
+        prompt = _caption(meta, path, where)
+        if require_prompts and prompt is None:
+            raise MapoBenchError(f"{path}{where}: no caption; give each image a 'prompt' in {root / METADATA_FILE}")
+        images.append(FolderImage(file=path, prompt=prompt, seed=_seed(meta, path, where),
+                                  model=_model(meta, path, where), original_size=size, image=image))
+    if len(images) < min_images:
+        found = f"{len(images)} usable image(s)" + (f" ({len(skipped)} skipped as bad)" if skipped else "")
+        raise MapoBenchError(f"{root}: {found}; at least {min_images} needed")
+    return ImageFolder(root=root, images=images, skipped=skipped)
+
+
+def _plain_entries(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    files = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [("", name, {}) for name in files]
+
+
+def _metadata_entries(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    path = root / METADATA_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MapoBenchError(f"{path}: not UTF-8 text") from None
+    entries, seen = [], set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MapoBenchError(f"{path} line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("file_name"), str) or not meta["file_name"].strip():
+            raise MapoBenchError(f"{path} line {number}: needs a 'file_name' string")
+        relative = meta["file_name"].strip()
+        resolved = (root / relative).resolve()
+        if root.resolve() not in resolved.parents:
+            raise MapoBenchError(f"{path} line {number}: file_name {relative!r} points outside the folder")
+        if relative in seen:
+            raise MapoBenchError(f"{path} line {number}: file_name {relative!r} listed twice")
+        if not resolved.is_file():
+            raise MapoBenchError(f"{path} line {number}: file {relative!r} not found in {root}")
+        seen.add(relative)
+        entries.append((f" ({METADATA_FILE} line {number})", relative, meta))
+    unlisted = sorted(set(name for _, name, _ in _plain_entries(root)) - seen)
+    if unlisted:
+        raise MapoBenchError(f"{path}: {len(unlisted)} image file(s) of the folder not listed (first: {unlisted[0]!r}); "
+                             "list them or move them out")
+    if not entries:
+        raise MapoBenchError(f"{path}: no entries")
+    return entries
+
+
+def _caption(meta: dict[str, Any], path: Path, where: str) -> str | None:
+    key = next((k for k in CAPTION_KEYS if k in meta), None)
+    if key is None or meta[key] is None:
+        return None
+    value = meta[key]
+    if not isinstance(value, str) or not value.strip():
+        raise MapoBenchError(f"{path}{where}: {key!r} must be a non-empty string, got {value!r}")
+    return " ".join(value.split())
+
+
+def _seed(meta: dict[str, Any], path: Path, where: str) -> int | None:
+    value = meta.get("seed")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MapoBenchError(f"{path}{where}: 'seed' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _model(meta: dict[str, Any], path: Path, where: str) -> str | None:
+    value = meta.get("model")
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise MapoBenchError(f"{path}{where}: 'model' must be a non-empty string, got {value!r}")
+    return value

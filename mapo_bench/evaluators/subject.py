@@ -1,0 +1,119 @@
+"""Subject fidelity (personalization, REFERENCE.md section 7): how much a sample looks like the subject.
+
+DreamBooth (Ruiz et al., CVPR 2023) scores a generated image by the mean cosine similarity of its
+embedding to the embeddings of the real subject images: DINO ViT-S/16 (``dino``: the self-supervised
+CLS embedding, which separates instances of one class better than CLIP) and CLIP (``clip-i``). Both take
+the subject images as the option ``subject_images`` (a folder in the imagefolder convention,
+:mod:`mapo_bench.data.imagefolder`); the folder's content digest is part of the metric version, so scores
+against another subject never pass for these. ``clip-i`` uses the ViT-L/14 shared with ``clip``,
+``aesthetic`` and ``style`` (one forward per image); the DreamBooth paper's own numbers are not
+comparable to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mapo_bench.errors import MapoBenchError
+from mapo_bench.evaluators.backbones import (
+    CONFIG_FILES,
+    WEIGHT_FILES,
+    ClipBackboneEvaluator,
+    clip_backbone,
+    image_key,
+    resolve_device,
+    resolve_folder,
+    rgb,
+    to_numpy64,
+)
+from mapo_bench.evaluators.base import Evaluator, ScoreContext, no_options
+
+DINO_VITS16 = "facebook/dino-vits16"
+DINO_PROCESSOR_FILES = ("preprocessor_config.json",)
+
+
+def mean_cosine_to_references(embeds: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """``(N, D), (M, D) -> (N,)``: for each row of ``embeds`` the mean over the M reference rows of the
+    cosine similarity (DreamBooth's DINO / CLIP-I, one sample at a time)."""
+    a = torch.nn.functional.normalize(embeds.double(), dim=-1)
+    b = torch.nn.functional.normalize(references.double(), dim=-1)
+    return (a @ b.T).mean(dim=1)
+
+
+def load_subject(folder: str | Path | None, metric: str) -> tuple[list[Any], str]:
+    """The RGB subject images of ``folder`` and a digest of their pixels (for the metric version)."""
+    from mapo_bench.data.imagefolder import read_image_folder
+
+    if folder is None:
+        raise MapoBenchError(f"metric {metric!r} needs the subject's images: set its option subject_images=DIR "
+                             f"(eval: options: {{{metric}: {{subject_images: DIR}}}})")
+    images = [record.image for record in read_image_folder(folder, min_images=1).images]
+    digest = hashlib.blake2b(digest_size=8)
+    for image in images:
+        digest.update(image_key(image))
+    return images, digest.hexdigest()
+
+
+class ClipImageSimilarity(ClipBackboneEvaluator, Evaluator):
+    """``clip-i``: mean cosine of the sample's CLIP image embedding to the subject images' (in [-1, 1])."""
+
+    name: ClassVar[str] = "clip-i"
+
+    def __init__(self, backbone: Any, subject: list[Any], digest: str) -> None:
+        super().__init__(backbone)
+        self.references = backbone.image_embeds(subject)
+        self.version = f"vit-l-14:{digest}"
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
+             subject_images: str | Path | None = None, **options: Any) -> ClipImageSimilarity:
+        no_options(cls.name, options)
+        subject, digest = load_subject(subject_images, cls.name)
+        return cls(clip_backbone(model or cls.default_model, device, dtype, None), subject, digest)
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        return to_numpy64(mean_cosine_to_references(self.backbone.image_embeds(images), self.references))
+
+
+class DinoSimilarity(Evaluator):
+    """``dino``: mean cosine of the sample's DINO CLS embedding to the subject images' (in [-1, 1])."""
+
+    name: ClassVar[str] = "dino"
+
+    def __init__(self, model: Any, processor: Any, device: torch.device, subject: list[Any], digest: str,
+                 model_id: str) -> None:
+        self.model, self.processor, self.device = model, processor, device
+        self.references = self.embeds(subject)
+        self.version = f"{Path(model_id.rstrip('/')).name}:{digest}"
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
+             subject_images: str | Path | None = None, **options: Any) -> DinoSimilarity:
+        from transformers import ViTImageProcessor, ViTModel
+
+        from mapo_bench.dtypes import resolve_dtype
+
+        no_options(cls.name, options)
+        subject, digest = load_subject(subject_images, cls.name)
+        model_id = model or DINO_VITS16
+        path = resolve_folder(model_id, CONFIG_FILES + DINO_PROCESSOR_FILES, either=WEIGHT_FILES)
+        torch_device = resolve_device(str(device) if device is not None else None)
+        vit = ViTModel.from_pretrained(str(path), torch_dtype=resolve_dtype(dtype), add_pooling_layer=False)
+        vit.to(torch_device).eval()
+        return cls(vit, ViTImageProcessor.from_pretrained(str(path)), torch_device, subject, digest, model_id)
+
+    @torch.no_grad()
+    def embeds(self, images: list[Any]) -> torch.Tensor:
+        """``(N, D)`` float32 CLS embeddings of the last layer (DINO's image representation)."""
+        pixels = self.processor(images=rgb(images), return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
+        return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        return to_numpy64(mean_cosine_to_references(self.embeds(images), self.references))
+
