@@ -58,7 +58,7 @@ def _print_path(label: str, path: object) -> None:
 
 @app.command("build-dataset")
 def build_dataset(
-    task: Annotated[str, typer.Argument(help="pick-style | pick-safety | custom")],
+    task: Annotated[str, typer.Argument(help="pick-style | pick-safety | custom | from-images")],
     overrides: Overrides = None,
     config: ConfigOpt = None,
     split: Annotated[str | None, typer.Option(help="pick-style split: cartoon | pixel-art")] = None,
@@ -73,6 +73,9 @@ def build_dataset(
     rejected_variant: Annotated[str | None, typer.Option(help="pick-style rejected prompt: realistic-8k | plain")] = None,
     severity: Annotated[float | None, typer.Option(help="toy: blend level of the chosen style, (0, 1]")] = None,
     pairs: Annotated[str | None, typer.Option(help="toy: generated | rendered (renderer control pairs)")] = None,
+    images: Annotated[Path | None, typer.Option(help="from-images: folder of chosen images (imagefolder layout)")] = None,
+    token: Annotated[str | None, typer.Option(help="from-images: rare token naming the subject, e.g. sks")] = None,
+    subject_class: Annotated[str | None, typer.Option("--class", help="from-images: the subject's class, e.g. dog")] = None,
     vae: Annotated[str | None, typer.Option(help="VAE override: hub id or local path")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 | float16 | bfloat16")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda")] = None,
@@ -90,7 +93,8 @@ def build_dataset(
     items = _sugar(overrides, task=task, split=split, backend=backend, model=model, prompts=prompts,
                    num_prompts=num_prompts, seed=seed, chosen_prefix=chosen_prefix,
                    rejected_prefix=rejected_prefix, pairs_per_prompt=pairs_per_prompt,
-                   rejected_variant=rejected_variant, severity=severity, pairs=pairs, vae=vae, dtype=dtype,
+                   rejected_variant=rejected_variant, severity=severity, pairs=pairs, images=images, token=token,
+                   subject_class=subject_class, vae=vae, dtype=dtype,
                    device=device, batch_size=batch_size, image_format=image_format, out=out,
                    overwrite=overwrite or None)
     _print_path("dataset:", api.build_dataset(config, items))

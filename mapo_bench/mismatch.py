@@ -177,7 +177,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     with watch.time("denoising_errors"):
         for side in (0, 1):
             for which in ("plain", "prompt") if has_prompts else ("plain",):
-                captions = list(frame["caption"] if which == "plain" else frame[f"prompt_{side}"])
+                captions = list(frame["caption"] if which == "plain" else frame[f"prompt_{side}"].fillna(frame["caption"]))
                 parts = []
                 for start in range(0, len(frame), cfg.batch_size):
                     stop = start + cfg.batch_size
@@ -192,8 +192,14 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
         return np.stack([errors[f"{name}_0"], errors[f"{name}_1"]], axis=1)[rows, pick]
 
     measures: dict[str, Any] = {"n_pairs": int(len(frame)), "skipped": {}}
+    if has_prompts:  # a given image (from-images) has a null generating prompt
+        errors["given_0"], errors["given_1"] = (frame[f"prompt_{side}"].isna().to_numpy() for side in (0, 1))
     for role in ("chosen", "rejected"):
-        if has_prompts:
+        if has_prompts and by_role("given", role).any():
+            measures["skipped"][f"prefix_excess_{role}"] = (
+                "some images of this side were given, not generated (from-images: null prompt_0/prompt_1), "
+                "so they have no generating prompt to measure the excess against")
+        elif has_prompts:
             prompted = by_role("prompt", role)
             excess = by_role("plain", role) - prompted
             lo, hi = bootstrap_interval(excess, resamples=cfg.resamples, seed=cfg.seed)

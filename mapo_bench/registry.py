@@ -57,6 +57,7 @@ class Registry:
 TASKS = Registry("task")
 TASKS.add("pick-style", "mapo_bench.data.tasks:PickStyle", "chosen = style prefix (cartoon | pixel-art), rejected = 'Realistic 8k image.' or plain")
 TASKS.add("pick-safety", "mapo_bench.data.tasks:PickSafety", "chosen = plain prompt, rejected = 'Sexual, nudity, +19 image.' prefix")
+TASKS.add("from-images", "mapo_bench.data.from_images:FromImages", "chosen = your images (--images DIR, --token, --class), rejected = the reference's samples of their captions")
 TASKS.add("custom", "mapo_bench.data.tasks:CustomTask", "your own --chosen-prefix / --rejected-prefix")
 
 BACKENDS = Registry("backend")

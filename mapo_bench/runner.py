@@ -373,10 +373,9 @@ def metrics_for(metrics: list[str], context: dict[str, Any]) -> list[str]:
 
 def dataset_task(d: DatasetSpec, backend: str) -> Any:
     """The Task object of dataset ``d`` (its prefixes and scoring context), from the build keys that name it."""
-    from mapo_bench.data.tasks import make_task
+    from mapo_bench.data.tasks import make_task, task_options
 
-    keys = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
-    return make_task(d.task, backend=backend, **{k: d.build[k] for k in keys if k in d.build})
+    return make_task(d.task, backend=backend, **task_options(d.task, d.build))
 
 
 def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:

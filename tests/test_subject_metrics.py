@@ -124,6 +124,22 @@ def test_imagefolder_reads_metadata_and_plain_folders(tmp_path):
     assert [r.image.mode for r in read.images] == ["RGB", "RGB"] and read.images[1].original_size == (8, 6)
 
 
+def test_imagefolder_converts_16_bit_cmyk_and_alpha_to_rgb(tmp_path):
+    """A 16-bit ramp keeps its ramp (value / 257, not clipped at 255); CMYK (0, 255, 0, 0) is magenta."""
+    from PIL import Image
+
+    from mapo_bench.data.imagefolder import read_image_folder
+
+    (tmp_path / "f").mkdir()
+    ramp = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "f" / "a16.png")
+    Image.new("CMYK", (2, 2), (0, 255, 0, 0)).save(tmp_path / "f" / "b.jpg")
+    Image.new("LA", (2, 2), (9, 0)).save(tmp_path / "f" / "c.png")
+    a, b, c = (r.image for r in read_image_folder(tmp_path / "f").images)
+    assert np.array(a)[0, :, 0].tolist() == [0, 100, 255]
+    assert b.getpixel((0, 0)) == (255, 0, 255) and c.getpixel((0, 0)) == (9, 9, 9)
+
+
 def test_imagefolder_applies_exif_orientation(tmp_path):
     from PIL import Image
 

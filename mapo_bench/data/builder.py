@@ -14,6 +14,7 @@ pieces are removed. The main process then writes ``manifest.json`` and the card 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -81,7 +82,7 @@ def encode_image(image: Any, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def pair_row(spec: PairSpec, prompts: tuple[str, str], images: tuple[Any, Any], image_format: str,
+def pair_row(spec: PairSpec, prompts: tuple[str | None, str], images: tuple[Any, Any], image_format: str,
              model_id: str, task_label: str, sampler_json: str) -> dict[str, Any]:
     """The Pick-a-Pic row of one pair; ``prompts`` / ``images`` are (chosen, rejected)."""
     sides = [(prompts[0], images[0], 1.0), (prompts[1], images[1], 0.0)]
@@ -153,7 +154,7 @@ def _has_pairs(out: Path) -> bool:
     return any((out / DATA_SUBDIR).glob("*.parquet")) or any((out / PARTIAL_SUBDIR).glob("*/batch-*.parquet"))
 
 
-def prepare_folder(out: Path, cfg: BuildConfig, chash: str) -> str:
+def prepare_folder(out: Path, cfg: BuildConfig, chash: str, content_digest: str | None = None) -> str:
     """Main process: 'done' (complete build with this config), 'resume' or 'fresh'. Errors on mismatch."""
     if cfg.overwrite and out.exists():
         if any(out.iterdir()) and not _looks_like_build(out):
@@ -172,13 +173,15 @@ def prepare_folder(out: Path, cfg: BuildConfig, chash: str) -> str:
             if stored.get("config_hash") == chash:
                 return "done" if path.name == MANIFEST else "resume"
             diff = _config_diff(stored.get("config", {}), new)
+            if stored.get("content_digest") != content_digest:
+                diff.append("the content of the image folder")
             raise MapoBenchError(
                 f"{out} holds {what} made with a different config (differs in: {', '.join(diff) or 'versions'}); "
                 "rerun with the same arguments to resume, pass --overwrite to start over, or choose another --out")
     if out.exists() and any(out.iterdir()):
         raise MapoBenchError(f"{out} exists and is not an unfinished build of this config; "
                              "pass --overwrite to replace it or choose another --out")
-    write_json_atomic(state_path, {"config": new, "config_hash": chash})
+    write_json_atomic(state_path, {"config": new, "config_hash": chash, "content_digest": content_digest})
     return "fresh"
 
 
@@ -241,8 +244,14 @@ def generate_batch(generate: ImageSource, task: Task, batch: list[PairSpec], ima
     """Chosen and rejected images of a batch in one call; both images of a pair share the pair's seed."""
     pairs = [task.prompts(spec.caption) for spec in batch]
     seeds = [spec.seed for spec in batch]
-    images = generate([c for c, _ in pairs] + [r for _, r in pairs], seeds + seeds)
     n = len(batch)
+    if task.gives_chosen:  # chosen images are given (from-images): generate the rejected side only
+        rejected = generate([r for _, r in pairs], seeds)
+        chosen = task.given_chosen([spec.prompt_id for spec in batch], rejected[0].size)
+        images = list(chosen) + list(rejected)
+        pairs = [(None, r) for _, r in pairs]  # a given image has no generating prompt (null in prompt_0/1)
+    else:
+        images = generate([c for c, _ in pairs] + [r for _, r in pairs], seeds + seeds)
     if len(images) != 2 * n:
         raise RuntimeError(f"generator returned {len(images)} images for {2 * n} prompts")
     return [pair_row(spec, pairs[i], (images[i], images[n + i]), image_format, model_id, task.label, sampler_json)
@@ -315,16 +324,20 @@ def build_dataset(cfg: BuildConfig) -> Path:
     state = PartialState(cpu=cfg.device == "cpu")
     rank, world, main = state.process_index, state.num_processes, state.is_main_process
     out = Path(cfg.out or cfg.default_out())
-    chash = cfg.config_hash()
     task = task_from_config(cfg)
+    chash = cfg.config_hash()
+    if task.content_digest() is not None:  # files named only by path: their content is part of the identity
+        chash = hashlib.sha256(f"{chash}:{task.content_digest()}".encode()).hexdigest()[:len(chash)]
     console = Console(stderr=True, quiet=quiet())
     started = time.perf_counter()
 
     if main and task.content_warning:
         console.print(f"[bold red]content warning[/bold red]: {task.content_warning}")
     # Prompts first: a bad source fails before anything is written.
-    records = load_prompt_records(cfg.prompts, cfg.num_prompts, cfg.seed)
-    status = prepare_folder(out, cfg, chash) if main else None
+    records = task.records()
+    if records is None:
+        records = load_prompt_records(cfg.prompts, cfg.num_prompts, cfg.seed)
+    status = prepare_folder(out, cfg, chash, task.content_digest()) if main else None
     state.wait_for_everyone()
     if not main:
         status = "done" if (out / MANIFEST).is_file() else "resume"
@@ -407,7 +420,7 @@ def _finish(out: Path, cfg: BuildConfig, chash: str, task: Task, generate: Image
         stage="build-dataset", task=task.label, score_context=dataclasses.asdict(task.score_context()),
         templates={"chosen": task.templates()[0], "rejected": task.templates()[1]},
         backend=record, model_id=model_id, sampler=sampler.model_dump(mode="json"), resolution=resolution,
-        content_warning=task.content_warning,
+        content_warning=task.content_warning, **task.manifest_extra(),
     )
     write_json_atomic(out / MANIFEST, manifest)
     _write_card(out, task, manifest)

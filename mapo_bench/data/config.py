@@ -21,6 +21,8 @@ TOY_SPLIT_ALIASES = {"cartoon": "cartoon", "pixel-art": "pixel", "pixel": "pixel
 REJECTED_VARIANTS = ("realistic-8k", "plain")
 # Keys that do not change a single row or byte of the dataset: left out of the config hash.
 HASH_EXCLUDE = {"out", "overwrite"}
+FROM_IMAGES_KEYS = ("images", "token", "subject_class", "caption_templates", "image_source", "image_license",
+                    "min_images")
 
 
 class BuildConfig(StrictModel):
@@ -47,6 +49,14 @@ class BuildConfig(StrictModel):
     severity: float = Field(1.0, gt=0.0, le=1.0, description="toy dial: blend level alpha of the chosen style (pick-style) or strength of the "
                                        "rejected images' unsafe marker (pick-safety)")
     pairs: Literal["generated", "rendered"] = "generated"
+    images: Path | None = Field(None, description="from-images: the folder of chosen images (imagefolder convention)")
+    token: str | None = Field(None, description="from-images: the rare token naming the subject (e.g. sks)")
+    subject_class: str | None = Field(None, description="from-images: the subject's class (e.g. dog)")
+    caption_templates: list[str] = Field(default_factory=lambda: ["a photo of {token} {class}"],
+                                         description="from-images: captions per image, with {token} {class} {caption}")
+    image_source: str | None = Field(None, description="from-images: where the images came from (for the card)")
+    image_license: str | None = Field(None, description="from-images: their licence as given by the user")
+    min_images: int = Field(3, ge=1, description="from-images: fewer usable images is an error")
     shard_size: int = Field(100, ge=1, description="pairs per parquet shard")
     out: Path | None = None
     overwrite: bool = False
@@ -58,6 +68,8 @@ class BuildConfig(StrictModel):
             return data
         data = dict(data)
         backend = data.get("backend", "sdxl")
+        if data.get("task") == "from-images":  # the captions come from the images and the templates
+            return data
         if data.get("prompts") is None:
             data["prompts"] = "toy:train" if toy_world(backend) else "builtin:train"
         if data.get("task", "pick-style") == "pick-style" and data.get("split") is None:
@@ -100,6 +112,15 @@ class BuildConfig(StrictModel):
                 raise ValueError("custom task needs --chosen-prefix and/or --rejected-prefix, and they must differ")
         elif self.chosen_prefix is not None or self.rejected_prefix is not None:
             raise ValueError(f"chosen_prefix / rejected_prefix apply to the custom task only, not {self.task!r}")
+        given = [k for k in FROM_IMAGES_KEYS if k in self.model_fields_set]
+        if self.task == "from-images":
+            if self.prompts is not None or self.num_prompts is not None:
+                raise ValueError("from-images takes its captions from the images and caption_templates; "
+                                 "remove prompts / num_prompts")
+            if self.pairs == "rendered" or not self.caption_templates:
+                raise ValueError("from-images needs pairs=generated and at least one caption template")
+        elif given:
+            raise ValueError(f"{', '.join(given)} apply to the from-images task only, not {self.task!r}")
         if self.task != "pick-style" and self.rejected_variant != "realistic-8k":
             raise ValueError("rejected_variant applies to pick-style only; remove it")
         if self.severity != 1.0 and not (toy and self.task in ("pick-style", "pick-safety")):
@@ -123,5 +144,6 @@ class BuildConfig(StrictModel):
 
     def default_out(self) -> Path:
         """``datasets/<task>[-<split>]-<backend>`` when no ``out`` is given."""
-        name = self.task + (f"-{self.split}" if self.split else "") + f"-{self.backend}"
+        name = self.task + (f"-{self.split}" if self.split else "") + (f"-{self.token}" if self.token else "") \
+            + f"-{self.backend}"
         return Path("datasets") / name

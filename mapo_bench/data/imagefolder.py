@@ -45,6 +45,17 @@ class ImageFolder:
     skipped: dict[str, str]
 
 
+def folder_digest(images: list[FolderImage]) -> str:
+    """A digest of the images' relative names and pixels: the identity of a folder's content."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for record in images:
+        digest.update(f"{record.file.name}\0{record.image.mode}:{record.image.size}\0".encode())
+        digest.update(record.image.tobytes())
+    return digest.hexdigest()
+
+
 def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
     """Decode ``path`` fully, apply its EXIF orientation, convert to RGB; returns (image, size as stored)."""
     from PIL import Image, ImageOps
@@ -53,8 +64,20 @@ def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
         opened.load()
         size = opened.size
         upright = ImageOps.exif_transpose(opened)
-        image = upright.convert("RGB") if upright.mode != "RGB" else upright.copy()
+        image = to_rgb(upright)
     return image, size
+
+
+def to_rgb(image: Any) -> Any:
+    """RGB for any mode; 16-bit greyscale (PIL modes I;16*, I) is scaled to 8 bits, not clipped at 255."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        import numpy as np
+
+        grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image.copy()
 
 
 def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool = False,

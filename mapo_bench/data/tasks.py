@@ -89,6 +89,24 @@ class Task:
     def templates(self) -> tuple[str, str]:
         return self.prompts("{prompt}")
 
+    # Hooks of tasks whose chosen images are given rather than generated (from-images); None: not such a task.
+    gives_chosen: ClassVar[bool] = False
+
+    def records(self) -> list[tuple[int, str]] | None:
+        """(prompt id, caption) of every caption, when the task makes its own instead of a prompt source."""
+        return None
+
+    def given_chosen(self, prompt_ids: list[int], size: tuple[int, int]) -> list[Any] | None:
+        """The chosen images of these prompt ids at ``size``, when they are given rather than generated."""
+        return None
+
+    def content_digest(self) -> str | None:
+        """A digest of input files the config names only by path (so a changed file is a new dataset)."""
+        return None
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {}
+
     @property
     def content_warning(self) -> str | None:
         return self.card().content_warning
@@ -212,7 +230,17 @@ def make_task(name: str, **options: Any) -> Task:
     return TASKS.get(name)(**options)
 
 
+TASK_KEYS = ("split", "rejected_variant", "chosen_prefix", "rejected_prefix", "severity")
+
+
+def task_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The build keys of ``values`` that task ``name`` takes (the common ones plus its ``extra_keys``)."""
+    from mapo_bench.registry import TASKS
+
+    keys = TASK_KEYS + getattr(TASKS.get(name), "extra_keys", ())
+    return {k: values[k] for k in keys if k in values}
+
+
 def task_from_config(cfg: BuildConfig) -> Task:
     """The task a :class:`BuildConfig` describes."""
-    return make_task(cfg.task, backend=cfg.backend, split=cfg.split, rejected_variant=cfg.rejected_variant,
-                     chosen_prefix=cfg.chosen_prefix, rejected_prefix=cfg.rejected_prefix, severity=cfg.severity)
+    return make_task(cfg.task, backend=cfg.backend, **task_options(cfg.task, dict(cfg)))

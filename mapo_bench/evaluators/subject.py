@@ -12,7 +12,6 @@ comparable to it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +24,6 @@ from mapo_bench.evaluators.backbones import (
     WEIGHT_FILES,
     ClipBackboneEvaluator,
     clip_backbone,
-    image_key,
     resolve_device,
     resolve_folder,
     rgb,
@@ -47,16 +45,13 @@ def mean_cosine_to_references(embeds: torch.Tensor, references: torch.Tensor) ->
 
 def load_subject(folder: str | Path | None, metric: str) -> tuple[list[Any], str]:
     """The RGB subject images of ``folder`` and a digest of their pixels (for the metric version)."""
-    from mapo_bench.data.imagefolder import read_image_folder
+    from mapo_bench.data.imagefolder import folder_digest, read_image_folder
 
     if folder is None:
         raise MapoBenchError(f"metric {metric!r} needs the subject's images: set its option subject_images=DIR "
                              f"(eval: options: {{{metric}: {{subject_images: DIR}}}})")
-    images = [record.image for record in read_image_folder(folder, min_images=1).images]
-    digest = hashlib.blake2b(digest_size=8)
-    for image in images:
-        digest.update(image_key(image))
-    return images, digest.hexdigest()
+    records = read_image_folder(folder, min_images=1).images
+    return [record.image for record in records], folder_digest(records)[:16]
 
 
 class ClipImageSimilarity(ClipBackboneEvaluator, Evaluator):

@@ -1,0 +1,115 @@
+"""The from-images task (issue 14): chosen = the user's images, rejected = the reference's own samples.
+
+Personalization (one subject: ``token`` sks, ``subject_class`` dog) and cultural representation (a concept
+the reference draws poorly, each image with its own caption) are both this task: a folder of 3-50
+images in the imagefolder convention (:mod:`mapo_bench.data.imagefolder`) and caption templates. Image i
+with template t is prompt ``i * T + t``; its caption is the template filled with ``{token}``,
+``{class}`` and ``{caption}`` (the image's own caption from metadata.jsonl). Both images of a pair carry
+that caption; the rejected one is generated from it by the reference, so the mismatch comes from the
+reference (MaPO's personalization setting; REFERENCE.md section 7). The chosen image is resized
+(shorter side, bicubic) and centre-cropped to the size the reference generates; the original sizes are
+recorded in the manifest, and the folder's pixels are part of the dataset's identity.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mapo_bench.data.tasks import CardInfo, Task
+from mapo_bench.errors import MapoBenchError
+
+DEFAULT_TEMPLATES = ("a photo of {token} {class}",)
+PLACEHOLDERS = ("token", "class", "caption")
+
+
+def fit(image: Any, size: tuple[int, int]) -> Any:
+    """Resize ``image`` so it covers ``size`` (bicubic), then crop the centre to exactly ``size``."""
+    from PIL import Image
+
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.Resampling.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def fill_template(template: str, token: str | None, subject_class: str | None, caption: str | None,
+                  where: str) -> str:
+    """``template`` with {token}, {class}, {caption} filled; a placeholder without a value is an error."""
+    import string
+
+    values = {"token": token, "class": subject_class, "caption": caption}
+    names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    for name in names:
+        if name not in PLACEHOLDERS:
+            raise MapoBenchError(f"caption template {template!r}: unknown placeholder {{{name}}}; "
+                                 f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+        if not values[name]:
+            need = {"token": "--token", "class": "--class", "caption": "a 'prompt' per image in metadata.jsonl"}
+            raise MapoBenchError(f"{where}: caption template {template!r} needs {{{name}}}: give {need[name]}")
+    return " ".join(template.format(**{k: v or "" for k, v in values.items()}).split())
+
+
+@dataclass
+class FromImages(Task):
+    """Pairs from a folder of images: chosen = the image, rejected = the reference's sample of its caption."""
+
+    name: ClassVar[str] = "from-images"
+    gives_chosen: ClassVar[bool] = True
+    extra_keys: ClassVar[tuple[str, ...]] = ("images", "token", "subject_class", "caption_templates",
+                                             "image_source", "image_license", "min_images")
+    images: Path | None = None
+    token: str | None = None
+    subject_class: str | None = None
+    caption_templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES
+    image_source: str | None = None
+    image_license: str | None = None
+    min_images: int = 3
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        return None, None  # both sides are described by the caption; the chosen image is given
+
+    @functools.cached_property
+    def folder(self) -> Any:
+        from mapo_bench.data.imagefolder import read_image_folder
+
+        if self.images is None:
+            raise MapoBenchError("from-images needs the folder of chosen images: --images DIR")
+        return read_image_folder(self.images, min_images=self.min_images)
+
+    def records(self) -> list[tuple[int, str]]:
+        templates = list(self.caption_templates)
+        return [(i * len(templates) + t, fill_template(template, self.token, self.subject_class, image.prompt,
+                                                       str(image.file)))
+                for i, image in enumerate(self.folder.images) for t, template in enumerate(templates)]
+
+    def given_chosen(self, prompt_ids: list[int], size: tuple[int, int]) -> list[Any]:
+        images = self.folder.images
+        return [fit(images[pid // len(self.caption_templates)].image, size) for pid in prompt_ids]
+
+    def content_digest(self) -> str:
+        from mapo_bench.data.imagefolder import folder_digest
+
+        return folder_digest(self.folder.images)
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"content_digest": self.content_digest(), "images": {"folder": str(self.images), "source": self.image_source, "license": self.image_license,
+                           "files": [{"file": str(image.file.relative_to(self.folder.root)),
+                                      "original_size": list(image.original_size)} for image in self.folder.images]}}
+
+    def card(self) -> CardInfo:
+        subject = " ".join(part for part in (self.token, self.subject_class) if part) or "the given images"
+        source = self.image_source or "not stated by the user"
+        license_ = self.image_license or "not stated by the user"
+        return CardInfo(
+            title=f"Pairs from images ({subject})",
+            summary=(f"Chosen images are the user's own images of {subject} (source: {source}; licence: {license_}), "
+                     "resized and centre-cropped; rejected images are the reference model's samples for the same "
+                     "caption, so the mismatch comes from the reference (personalization / new concepts)."),
+            chosen_template="the user's image for `" + " | ".join(self.caption_templates) + "`",
+            rejected_template="the reference's sample for the same caption",
+            tags=("preference", "dpo", "mapo", "personalization"))
