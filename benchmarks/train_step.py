@@ -109,7 +109,7 @@ def run_child(spec: dict) -> dict:
     cfg = TrainConfig.model_validate(spec["config"])
     trainer = MeasuredTrainer(cfg)
     trainer.prepare()
-    batch = [np.arange(cfg.batch_size)] * cfg.grad_accum
+    batch = [(np.arange(cfg.batch_size), None)] * cfg.grad_accum  # (pairs, prior-stream rows: none)
     for _ in range(spec["warmup"]):
         trainer.optimizer_step(batch)
     if probe.cuda:

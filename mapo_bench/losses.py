@@ -109,4 +109,19 @@ def sft_loss(m_w: torch.Tensor) -> LossOutput:
     return LossOutput(loss, {"m_w": loss.item()})
 
 
+def dreambooth_loss(m_instance: torch.Tensor, m_prior: torch.Tensor | None, prior_weight: float = 1.0) -> LossOutput:
+    """DreamBooth (Ruiz et al., CVPR 2023, eq. 2; REFERENCE.md 7): the instance images' denoising error plus
+    ``prior_weight`` times the class images' (prior preservation), each a batch mean.
+
+    ``m_instance``: ``(B,)`` errors on the subject images; ``m_prior``: ``(B',)`` errors on class images the
+    frozen reference generated for the class prompt (None when ``prior_weight`` is 0).
+    """
+    m_instance = m_instance.float()
+    instance = m_instance.mean()
+    if m_prior is None or prior_weight == 0:
+        return LossOutput(instance, {"m_w": instance.item(), "m_prior": float("nan")})
+    prior = m_prior.float().mean()
+    return LossOutput(instance + prior_weight * prior, {"m_w": instance.item(), "m_prior": prior.item()})
+
+
 LOG2 = math.log(2.0)

@@ -37,6 +37,7 @@ class Errors:
     r_w: torch.Tensor | None = None
     r_l: torch.Tensor | None = None
     num_train_timesteps: int = 1000
+    m_prior: torch.Tensor | None = None  # errors on the prior stream's class images (a method that uses_prior)
 
 
 class MapoOptions(StrictModel):
@@ -52,6 +53,25 @@ class DpoOptions(StrictModel):
     beta: float = Field(5000.0, gt=0, description="KL weight; the loss uses 0.5 * beta inside the sigmoid")
 
 
+class DreamBoothOptions(StrictModel):
+    """DreamBooth (Ruiz et al., 2023; REFERENCE.md 7): prior preservation with weight 1 on class images."""
+
+    prior_weight: float = Field(1.0, ge=0, description="lambda of the prior-preservation loss (0: none)")
+    class_data: str | None = Field(None, description="dataset of class images (build-dataset class-images "
+                                                     "--class dog); needed when prior_weight > 0")
+
+    def prior_data(self) -> str | None:
+        """The class-image dataset the loop reads as its second stream, or None (no prior term)."""
+        if self.prior_weight == 0:
+            return None
+        if not self.class_data:
+            from mapo_bench.errors import MapoBenchError
+
+            raise MapoBenchError("dreambooth needs its class images: dreambooth.class_data=DIR (build them with "
+                                 "`mapo-bench build-dataset class-images --class dog`), or dreambooth.prior_weight=0")
+        return self.class_data
+
+
 class NoOptions(StrictModel):
     """A method without options (SFT)."""
 
@@ -65,6 +85,7 @@ class Method:
     needs_reference: bool
     uses_rejected: bool
     _loss: Callable[[Errors, Any], LossOutput]
+    uses_prior: bool = False  # reads a second stream of class images (options.prior_data())
 
     def loss(self, errors: Errors, options: StrictModel | dict[str, Any] | None = None) -> LossOutput:
         """The method's loss on ``errors``; ``options``: an instance or dict of ``self.options`` (None: defaults)."""
@@ -91,6 +112,14 @@ def _sft(e: Errors, o: NoOptions) -> LossOutput:
     return sft_loss(e.m_w)
 
 
+def _dreambooth(e: Errors, o: DreamBoothOptions) -> LossOutput:
+    from mapo_bench.losses import dreambooth_loss
+
+    return dreambooth_loss(e.m_w, e.m_prior, prior_weight=o.prior_weight)
+
+
 MAPO = Method("mapo", MapoOptions, needs_reference=False, uses_rejected=True, _loss=_mapo)
 DPO = Method("dpo", DpoOptions, needs_reference=True, uses_rejected=True, _loss=_dpo)
 SFT = Method("sft", NoOptions, needs_reference=False, uses_rejected=False, _loss=_sft)
+DREAMBOOTH = Method("dreambooth", DreamBoothOptions, needs_reference=False, uses_rejected=False, _loss=_dreambooth,
+                    uses_prior=True)

@@ -191,6 +191,13 @@ class Backend(ABC):
         return ["to_k", "to_q", "to_v", "to_out.0"]
 
 
+def concat_conditioning(first: Conditioning, second: Conditioning) -> Conditioning:
+    """Two batches' conditioning joined over the batch dim (instance images, then a prior stream's)."""
+    if set(first) != set(second):
+        raise ValueError(f"conditioning keys differ: {sorted(first)} vs {sorted(second)}")
+    return {k: torch.cat([first[k], second[k].to(first[k].device)], dim=0) for k in first}
+
+
 def repeat_conditioning(cond: Conditioning, times: int) -> Conditioning:
     """Stack conditioning ``times`` over the batch dim: the chosen and rejected halves share a caption."""
     return {k: torch.cat([v] * times, dim=0) for k, v in cond.items()}

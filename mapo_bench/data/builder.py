@@ -83,9 +83,10 @@ def encode_image(image: Any, image_format: str) -> bytes:
 
 
 def pair_row(spec: PairSpec, prompts: tuple[str | None, str], images: tuple[Any, Any], image_format: str,
-             model_id: str, task_label: str, sampler_json: str) -> dict[str, Any]:
-    """The Pick-a-Pic row of one pair; ``prompts`` / ``images`` are (chosen, rejected)."""
-    sides = [(prompts[0], images[0], 1.0), (prompts[1], images[1], 0.0)]
+             model_id: str, task_label: str, sampler_json: str,
+             labels: tuple[float, float] = (1.0, 0.0)) -> dict[str, Any]:
+    """The Pick-a-Pic row of one pair; ``prompts`` / ``images`` / ``labels`` are (chosen, rejected)."""
+    sides = [(prompts[0], images[0], labels[0]), (prompts[1], images[1], labels[1])]
     if spec.swap:
         sides.reverse()
     return {
@@ -251,11 +252,12 @@ def generate_batch(generate: ImageSource, task: Task, batch: list[PairSpec], ima
         images = list(chosen) + list(rejected)
         pairs = [(None, r) for _, r in pairs]  # a given image has no generating prompt (null in prompt_0/1)
     else:
-        images = generate([c for c, _ in pairs] + [r for _, r in pairs], seeds + seeds)
+        images = generate([c for c, _ in pairs] + [r for _, r in pairs],
+                          seeds + [task.side_seeds(seed)[1] for seed in seeds])
     if len(images) != 2 * n:
         raise RuntimeError(f"generator returned {len(images)} images for {2 * n} prompts")
-    return [pair_row(spec, pairs[i], (images[i], images[n + i]), image_format, model_id, task.label, sampler_json)
-            for i, spec in enumerate(batch)]
+    return [pair_row(spec, pairs[i], (images[i], images[n + i]), image_format, model_id, task.label, sampler_json,
+                     task.labels) for i, spec in enumerate(batch)]
 
 
 def build_shard(out: Path, index: int, shard: list[PairSpec], cfg: BuildConfig, generate: ImageSource, task: Task,

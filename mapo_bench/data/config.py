@@ -52,8 +52,8 @@ class BuildConfig(StrictModel):
     images: Path | None = Field(None, description="from-images: the folder of chosen images (imagefolder convention)")
     token: str | None = Field(None, description="from-images: the rare token naming the subject (e.g. sks)")
     subject_class: str | None = Field(None, description="from-images: the subject's class (e.g. dog)")
-    caption_templates: list[str] = Field(default_factory=lambda: ["a photo of {token} {class}"],
-                                         description="from-images: captions per image, with {token} {class} {caption}")
+    caption_templates: list[str] | None = Field(None, description="from-images / class-images: caption templates with "
+                                                "{token} {class} {caption} (None: the task's default)")
     image_source: str | None = Field(None, description="from-images: where the images came from (for the card)")
     image_license: str | None = Field(None, description="from-images: their licence as given by the user")
     min_images: int = Field(3, ge=1, description="from-images: fewer usable images is an error")
@@ -68,7 +68,7 @@ class BuildConfig(StrictModel):
             return data
         data = dict(data)
         backend = data.get("backend", "sdxl")
-        if data.get("task") == "from-images":  # the captions come from the images and the templates
+        if data.get("task") in ("from-images", "class-images"):  # captions come from images / templates
             return data
         if data.get("prompts") is None:
             data["prompts"] = "toy:train" if toy_world(backend) else "builtin:train"
@@ -113,11 +113,19 @@ class BuildConfig(StrictModel):
         elif self.chosen_prefix is not None or self.rejected_prefix is not None:
             raise ValueError(f"chosen_prefix / rejected_prefix apply to the custom task only, not {self.task!r}")
         given = [k for k in FROM_IMAGES_KEYS if k in self.model_fields_set]
-        if self.task == "from-images":
+        if self.task == "class-images":
+            extra = [k for k in given if k not in ("subject_class", "caption_templates")]
+            if extra or not self.subject_class:
+                raise ValueError("class-images needs --class (and optionally caption_templates) only"
+                                 + (f"; remove {', '.join(extra)}" if extra else ""))
+            if self.prompts is not None or self.num_prompts is not None or self.pairs == "rendered":
+                raise ValueError("class-images makes its captions from --class and caption_templates; remove "
+                                 "prompts / num_prompts / pairs")
+        elif self.task == "from-images":
             if self.prompts is not None or self.num_prompts is not None:
                 raise ValueError("from-images takes its captions from the images and caption_templates; "
                                  "remove prompts / num_prompts")
-            if self.pairs == "rendered" or not self.caption_templates:
+            if self.pairs == "rendered" or self.caption_templates == []:
                 raise ValueError("from-images needs pairs=generated and at least one caption template")
         elif given:
             raise ValueError(f"{', '.join(given)} apply to the from-images task only, not {self.task!r}")
@@ -144,6 +152,5 @@ class BuildConfig(StrictModel):
 
     def default_out(self) -> Path:
         """``datasets/<task>[-<split>]-<backend>`` when no ``out`` is given."""
-        name = self.task + (f"-{self.split}" if self.split else "") + (f"-{self.token}" if self.token else "") \
-            + f"-{self.backend}"
+        name = "-".join(part for part in (self.task, self.split, self.token, self.subject_class, self.backend) if part)
         return Path("datasets") / name

@@ -65,10 +65,13 @@ class FromImages(Task):
     images: Path | None = None
     token: str | None = None
     subject_class: str | None = None
-    caption_templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES
+    caption_templates: tuple[str, ...] | list[str] | None = None
     image_source: str | None = None
     image_license: str | None = None
     min_images: int = 3
+
+    def __post_init__(self) -> None:
+        self.caption_templates = tuple(self.caption_templates or DEFAULT_TEMPLATES)
 
     def prefixes(self) -> tuple[str | None, str | None]:
         return None, None  # both sides are described by the caption; the chosen image is given
@@ -113,3 +116,45 @@ class FromImages(Task):
             chosen_template="the user's image for `" + " | ".join(self.caption_templates) + "`",
             rejected_template="the reference's sample for the same caption",
             tags=("preference", "dpo", "mapo", "personalization"))
+
+
+@dataclass
+class ClassImages(Task):
+    """DreamBooth's class images (REFERENCE.md 7): both images of a row are the reference's samples for the
+    class caption ("a photo of dog"), with different seeds, labelled 0.5 / 0.5 (no preference). The
+    ``dreambooth`` method reads them as its prior-preservation stream (``dreambooth.class_data``); a
+    preference method refuses them (every row is a tie)."""
+
+    name: ClassVar[str] = "class-images"
+    extra_keys: ClassVar[tuple[str, ...]] = ("subject_class", "caption_templates")
+    labels: ClassVar[tuple[float, float]] = (0.5, 0.5)
+    subject_class: str | None = None
+    caption_templates: tuple[str, ...] | list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.caption_templates = tuple(self.caption_templates or CLASS_TEMPLATES)
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        return None, None
+
+    def records(self) -> list[tuple[int, str]]:
+        return [(t, fill_template(template, None, self.subject_class, None, "class-images"))
+                for t, template in enumerate(self.caption_templates)]
+
+    def side_seeds(self, seed: int) -> tuple[int, int]:
+        """Two different samples per row: the second image's seed is drawn from the row's seed."""
+        import numpy as np
+
+        return seed, int(np.random.SeedSequence([seed, 0xC1A55]).generate_state(1, dtype=np.uint32)[0])
+
+    def card(self) -> CardInfo:
+        return CardInfo(
+            title=f"Class images ({self.subject_class})",
+            summary=("Both images of every row are the reference model's own samples for the class caption, with "
+                     "different seeds; labels are 0.5 / 0.5 (no preference). DreamBooth's prior-preservation data "
+                     "(`dreambooth.class_data`), not a preference dataset."),
+            chosen_template=" | ".join(self.caption_templates), rejected_template=" | ".join(self.caption_templates),
+            tags=("dreambooth", "prior-preservation", self.subject_class or "class"))
+
+
+CLASS_TEMPLATES = ("a photo of {class}",)

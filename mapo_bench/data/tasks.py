@@ -91,6 +91,11 @@ class Task:
 
     # Hooks of tasks whose chosen images are given rather than generated (from-images); None: not such a task.
     gives_chosen: ClassVar[bool] = False
+    labels: ClassVar[tuple[float, float]] = (1.0, 0.0)  # (chosen, rejected) label values of a row
+
+    def side_seeds(self, seed: int) -> tuple[int, int]:
+        """(chosen, rejected) noise seeds of a pair: one shared seed (REFERENCE.md 1.1)."""
+        return seed, seed
 
     def records(self) -> list[tuple[int, str]] | None:
         """(prompt id, caption) of every caption, when the task makes its own instead of a prompt source."""

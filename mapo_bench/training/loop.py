@@ -150,6 +150,19 @@ class Trainer:
         if len(self.selection) < cfg.batch_size * self.world:
             raise MapoBenchError(f"{cfg.dataset}: {len(self.selection)} pairs, fewer than one global batch "
                                  f"({cfg.batch_size} x {self.world} processes); lower batch_size")
+        # A method with a prior (DreamBooth) reads a second stream: the class images of another dataset,
+        # both images of each row (tie policy "half" draws one side per use), in its own seeded order.
+        self.prior_source = self.prior_selection = self.prior_order = self.prior_cache = None
+        prior_data = self.method_options.prior_data() if self.method.uses_prior else None
+        if prior_data is not None:
+            from mapo_bench.training.data import EpochOrder
+
+            self.prior_source = open_pairs(prior_data, cfg.data.split)
+            self.prior_selection = select_pairs(self.prior_source, "half", seed=cfg.seed)
+            if len(self.prior_selection) < cfg.batch_size * self.world:
+                raise MapoBenchError(f"{prior_data}: {len(self.prior_selection)} rows of class images, fewer than one "
+                                     f"global batch ({cfg.batch_size} x {self.world} processes); build more or lower batch_size")
+            self.prior_order = EpochOrder(len(self.prior_selection), cfg.batch_size * self.world, cfg.seed + 1)
         enabled = cfg.cache.enabled if use_cache is None else use_cache
         if enabled and cfg.data.crop == "random":
             import warnings
@@ -159,19 +172,26 @@ class Trainer:
         self.cache = None
         self.offloaded: list[str] = []
         if enabled:
-            from mapo_bench.training.cache import LatentCache, cache_key, default_cache_dir, key_folder
-
-            key = cache_key(backend=self.backend, model=self.model_id, vae=cfg.vae, dtype=cfg.dtype,
-                            resolution=self.resolution, crop="center", dataset_fingerprint=self.source.fingerprint,
-                            split=cfg.data.split)
-            folder = key_folder(cfg.cache.dir or default_cache_dir(), key)
-            rows = [int(r) for r in np.unique(self.selection.rows)]
-            if acc.is_main_process:
-                LatentCache(folder, key).build_missing(self.backend, self.source, rows, self.resolution,
-                                                       cfg.batch_size, progress=self._show_progress())
-            acc.wait_for_everyone()
-            self.cache = LatentCache(folder, key)
+            self.cache = self._latent_cache(self.source, self.selection)
+            if self.prior_source is not None:
+                self.prior_cache = self._latent_cache(self.prior_source, self.prior_selection)
             self.offloaded = self.backend.offload_text_encoders()  # every caption is cached: encoders idle
+
+    def _latent_cache(self, source: Any, selection: Any) -> Any:
+        """The latent / caption cache of ``source``'s selected rows, filled by the main process."""
+        from mapo_bench.training.cache import LatentCache, cache_key, default_cache_dir, key_folder
+
+        cfg, acc = self.cfg, self.accelerator
+        key = cache_key(backend=self.backend, model=self.model_id, vae=cfg.vae, dtype=cfg.dtype,
+                        resolution=self.resolution, crop="center", dataset_fingerprint=source.fingerprint,
+                        split=cfg.data.split)
+        folder = key_folder(cfg.cache.dir or default_cache_dir(), key)
+        rows = [int(r) for r in np.unique(selection.rows)]
+        if acc.is_main_process:
+            LatentCache(folder, key).build_missing(self.backend, source, rows, self.resolution,
+                                                   cfg.batch_size, progress=self._show_progress())
+        acc.wait_for_everyone()
+        return LatentCache(folder, key)
 
     def _setup_model(self) -> None:
         from mapo_bench.training.cache import frozen_modules
@@ -248,19 +268,31 @@ class Trainer:
     def _cast(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.model_dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
-    def compute_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        """The method's loss on one micro-batch of pairs (indices into the selection)."""
+    def compute_loss(self, indices: np.ndarray, prior_indices: np.ndarray | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on one micro-batch of pairs (indices into the selection); ``prior_indices``:
+        rows of the prior stream (class images) appended to the same denoiser call, each image with its own
+        noise and timestep."""
+        from mapo_bench.backends.base import concat_conditioning
         from mapo_bench.training.data import make_batch
 
         cfg, backend, method = self.cfg, self.backend, self.method
         batch = make_batch(backend=backend, source=self.source, selection=self.selection, indices=indices,
                            generator=self.generator, resolution=self.resolution, crop=cfg.data.crop,
                            flip=cfg.data.flip, uses_rejected=method.uses_rejected, cache=self.cache)
-        x0 = batch.x0.float()
-        noise, t = backend.training_noise(x0, batch.pairs, self.generator, method.uses_rejected)
+        x0, conditioning, paired = batch.x0.float(), batch.conditioning, method.uses_rejected
+        if prior_indices is not None:
+            prior = make_batch(backend=backend, source=self.prior_source, selection=self.prior_selection,
+                               indices=prior_indices, generator=self.generator, resolution=self.resolution,
+                               crop=cfg.data.crop, flip=cfg.data.flip, uses_rejected=False, cache=self.prior_cache)
+            x0 = torch.cat([x0, prior.x0.float()])
+            conditioning = concat_conditioning(conditioning, prior.conditioning)
+        if paired and prior_indices is not None:
+            raise MapoBenchError(f"method {cfg.method}: a prior stream with paired images is not supported")
+        noise, t = backend.training_noise(x0, batch.pairs if prior_indices is None else len(x0), self.generator, paired)
         noisy = backend.add_noise(x0, noise, t).to(self.model_dtype)
         target = backend.target(x0, noise, t)
-        cond = self._cast(batch.conditioning)
+        cond = self._cast(conditioning)
         r_w = r_l = None
         if method.needs_reference:
             with torch.no_grad():
@@ -276,8 +308,11 @@ class Trainer:
         if weights is not None:
             m = m * weights
             r_w, r_l = (None, None) if r_w is None else (r_w * weights[: len(r_w)], r_l * weights[len(r_w):])
+        m_prior = None
+        if prior_indices is not None:
+            m, m_prior = m[: len(batch.x0)], m[len(batch.x0):]
         m_w, m_l = m.chunk(2) if method.uses_rejected else (m, None)
-        out = method.loss(Errors(m_w, m_l, r_w, r_l, self.num_train_timesteps), self.method_options)
+        out = method.loss(Errors(m_w, m_l, r_w, r_l, self.num_train_timesteps, m_prior), self.method_options)
         metrics = {"loss": out.loss.item(), **out.metrics}
         if m_l is not None:
             metrics["margin"] = (m_l - m_w).mean().item()
@@ -288,11 +323,11 @@ class Trainer:
         acc, n = self.accelerator, len(micro_batches)
         start = time.perf_counter()
         sums: dict[str, float] = {}
-        for i, indices in enumerate(micro_batches):
+        for i, (indices, prior_indices) in enumerate(micro_batches):
             sync = i == n - 1 or self.world == 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 with acc.autocast():
-                    loss, metrics = self.compute_loss(indices)
+                    loss, metrics = self.compute_loss(indices, prior_indices)
                 self._guard(loss)
                 acc.backward(loss / n)
             for key, value in metrics.items():
@@ -311,7 +346,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         sums.update(step=self.step, lr=lr,
                     grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                    step_time=elapsed, samples_per_s=n * len(micro_batches[0]) * self.world / elapsed,
+                    step_time=elapsed, samples_per_s=n * len(micro_batches[0][0]) * self.world / elapsed,
                     epoch=self.order.epoch)
         return sums
 
@@ -327,9 +362,11 @@ class Trainer:
                 f"train: the {self.cfg.method} loss is {loss.item()} at step {self.step + 1}; stopped. "
                 f"Last good checkpoint: {last or 'none yet'}. Lower optim.lr (now {self.cfg.optim.lr:g}) or check the data")
 
-    def next_micro_batches(self) -> list[np.ndarray]:
-        b = self.cfg.batch_size
-        return [self.order.next()[self.rank * b:(self.rank + 1) * b] for _ in range(self.cfg.grad_accum)]
+    def next_micro_batches(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per micro-batch: this process's indices into the selection and into the prior stream (or None)."""
+        b, mine = self.cfg.batch_size, slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        return [(self.order.next()[mine], None if self.prior_order is None else self.prior_order.next()[mine])
+                for _ in range(self.cfg.grad_accum)]
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save(self, work: Path) -> Path | None:
@@ -343,7 +380,8 @@ class Trainer:
             path = save_checkpoint(
                 work, self.step, denoiser=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
                 scheduler=self.scheduler, generator_states={f"step.rank{r}": s for r, s in enumerate(states)},
-                state={**self.order.state(), "world": self.world, "result_hash": result_hash(self.cfg)},
+                state={**self.order.state(), "world": self.world, "result_hash": result_hash(self.cfg),
+                       **({"prior": self.prior_order.state()} if self.prior_order is not None else {})},
                 keep_last=self.cfg.keep_last)
         self.accelerator.wait_for_everyone()
         return path
@@ -368,6 +406,9 @@ class Trainer:
         self.generator.set_state(ckpt["generators"][f"step.rank{self.rank}"])
         self.order = EpochOrder(len(self.selection), self.cfg.batch_size * self.world, self.cfg.seed,
                                 state["epoch"], state["position"])
+        if self.prior_order is not None:
+            self.prior_order = EpochOrder(len(self.prior_selection), self.cfg.batch_size * self.world,
+                                          self.cfg.seed + 1, state["prior"]["epoch"], state["prior"]["position"])
         self.step = int(state["step"])
 
     def _resume_point(self, work: Path) -> Path | None:
