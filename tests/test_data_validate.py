@@ -114,3 +114,18 @@ def test_cli_exits_2_on_errors(tmp_path):
     assert result.returncode == 2
     assert "do not sum to 1" in json.loads(result.stdout)["errors"][0]
 
+
+
+def test_a_dataset_of_ties_only_fails_unless_it_is_class_images(tmp_path):
+    """Every row 0.5 / 0.5: an error with the count (exit 2 on the CLI); the same rows in a folder whose
+    manifest says class-images (DreamBooth's prior data) are only a warning."""
+    root = folder_with(tmp_path, [row(i, label_0=0.5, label_1=0.5) for i in range(3)])
+    report = validate_dataset(root)
+    assert any("all 3 rows are ties" in e for e in report["errors"])
+    cli = subprocess.run([sys.executable, "-m", "mapo_bench", "validate-dataset", str(root)], capture_output=True)
+    assert cli.returncode == 2
+    (root / "manifest.json").write_text(json.dumps({"config": {"task": "class-images"}}))
+    report = validate_dataset(root)
+    assert not any("ties" in e for e in report["errors"]) and any("class images" in w for w in report["warnings"])
+    one_pair = folder_with(tmp_path / "b", [row(0), row(1, label_0=0.5, label_1=0.5)])
+    assert not any("ties" in e for e in validate_dataset(one_pair)["errors"])

@@ -134,6 +134,13 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
                     ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(sizes.items(), key=lambda kv: -kv[1])[:5]))
     if root.is_dir():
         _check_counts(root, rows, report)
+    if rows and len(ties) == rows:
+        if _manifest_task(root) == "class-images":
+            report.warn(f"all {rows} rows are ties: class images (DreamBooth's prior data, dreambooth.class_data), "
+                        "not preference pairs")
+        else:
+            report.error(f"all {rows} rows are ties (label_0 == label_1): no preference to learn; a preference "
+                         "method drops ties by default and would have no pairs (data.tie_policy=half keeps them)")
     return {
         "path": str(root), "shards": len(shards), "rows": rows, "columns": columns_seen,
         "errors": report.errors, "error_count": report.error_count,
@@ -142,6 +149,17 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
         "duplicates": len(duplicates), "duplicate_rows": duplicates[:MAX_MESSAGES],
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.items()},
     }
+
+
+def _manifest_task(root: Path) -> str | None:
+    """The build task recorded in the folder's manifest.json (None: no manifest or no task)."""
+    import json
+
+    manifest = root / "manifest.json" if root.is_dir() else None
+    try:
+        return str(json.loads(manifest.read_text()).get("config", {}).get("task")) if manifest and manifest.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _check_types(schema: Any, shard: Path, report: Report) -> None:
