@@ -115,6 +115,23 @@ def validate_dataset(path: Annotated[Path, typer.Argument(help="dataset folder o
 
 
 @app.command()
+def verify(path: Annotated[Path, typer.Argument(help="a run, dataset, model, sample or score folder")]) -> None:
+    """Re-hash every file the manifests under PATH recorded; list what changed; exit 1 if anything did.
+
+    Example: mapo-bench verify runs/toy-quick
+    """
+    from mapo_bench.integrity import verify as verify_folder
+
+    report = verify_folder(path)
+    for line in report.problems:
+        typer.echo(line)
+    typer.echo(f"{path}: {report.manifests} manifest(s), {report.files} recorded file(s), "
+               f"{len(report.problems)} problem(s)")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def train(
     overrides: Overrides = None,
     config: ConfigOpt = None,

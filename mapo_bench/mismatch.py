@@ -241,8 +241,10 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     record = make_manifest(cfg, config_hash(cfg), counts={"pairs": int(len(frame)), "reference_samples": n_ref},
                            timings=watch.timings, measures=measures, reference=backend_record(backend),
                            task=dataset_manifest.get("task"), prefixed_side=prefixed_side(dataset_manifest))
-    write_json_atomic(out, record)
-    write_text_atomic(Path(out).with_suffix(".md"), severity_markdown(measures, cfg.dataset))
+    from mapo_bench.integrity import file_records, sealed
+
+    summary = write_text_atomic(Path(out).with_suffix(".md"), severity_markdown(measures, cfg.dataset))
+    write_json_atomic(out, sealed({**record, "files": file_records(summary.parent, [summary])}))
     wait_for_everyone()
     return Path(out)
 

@@ -359,6 +359,12 @@ def write_report(run_dir: Path) -> Path:
     from mapo_bench.report_html import render_html
 
     write_text_atomic(out / HTML_FILE, render_html(run_dir, results))
+    from mapo_bench.integrity import file_records, sealed
+
+    recorded = [p for p in out.iterdir() if p.is_file() and p.name != "manifest.json"]
+    recorded += [p for p in (run_dir / "pipeline.json", run_dir / "selection.json") if p.is_file()]
+    write_json_atomic(out / "manifest.json", sealed({"stage": "report", "files_root": "..",
+                                                     "files": file_records(run_dir, recorded)}))
     return out
 
 
@@ -389,8 +395,8 @@ def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.glob("*.png"):  # a published folder holds one run's files only
         stale.unlink()
-    for path in [*report.glob("*.json"), *report.glob("*.md"), *report.glob("*.csv"), *report.glob("*.png"),
-                 Path(run_dir) / "pipeline.json"]:
+    for path in [*(p for p in report.glob("*.json") if p.name != "manifest.json"), *report.glob("*.md"),
+                 *report.glob("*.csv"), *report.glob("*.png"), Path(run_dir) / "pipeline.json"]:
         shutil.copy2(path, dest / path.name)
     if readme is not None:
         text = readme.read_text()

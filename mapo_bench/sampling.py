@@ -166,7 +166,9 @@ def sample(cfg: SampleConfig) -> Path:
         manifest = make_manifest(cfg, full_hash, counts, watch.timings, model=backend.record() if backend else {},
                                  model_name=cfg.derived_model_name(),
                                  sampler=sampler.model_dump(mode="json") if sampler else None, noise=NOISE_SCHEME)
-        write_json_atomic(out / MANIFEST, manifest)
+        from mapo_bench.integrity import file_records, sealed
+
+        write_json_atomic(out / MANIFEST, sealed({**manifest, "files": file_records(out)}))
     state.wait_for_everyone()
     return out
 

@@ -424,8 +424,11 @@ def _finish(out: Path, cfg: BuildConfig, chash: str, task: Task, generate: Image
         backend=record, model_id=model_id, sampler=sampler.model_dump(mode="json"), resolution=resolution,
         content_warning=task.content_warning, **task.manifest_extra(),
     )
-    write_json_atomic(out / MANIFEST, manifest)
     _write_card(out, task, manifest)
+    from mapo_bench.integrity import file_records, sealed
+
+    recorded = [out / DATA_SUBDIR / shard_name(i) for i in range(len(shards))] + [out / CARD]
+    write_json_atomic(out / MANIFEST, sealed({**manifest, "files": file_records(out, recorded)}))
     shutil.rmtree(out / PARTIAL_SUBDIR, ignore_errors=True)
 
 

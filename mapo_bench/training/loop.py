@@ -469,13 +469,16 @@ class Trainer:
                 from mapo_bench.config import dump_yaml
 
                 (tmp / "config.yaml").write_text(dump_yaml(cfg))
-                write_json_atomic(tmp / "manifest.json", make_manifest(
+                from mapo_bench.integrity import file_records, sealed
+
+                files = file_records(tmp)
+                write_json_atomic(tmp / "manifest.json", sealed({**make_manifest(
                     cfg, result_hash(cfg), counts={**self.selection.counts, "steps": self.step,
                                                    "processes": self.world},
                     timings=watch.timings, method=cfg.method, backend=self.backend.record(),
                     output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
                     dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None,
-                    text_encoders_offloaded=self.offloaded))
+                    text_encoders_offloaded=self.offloaded), "files": files}))
             shutil.rmtree(work, ignore_errors=True)
         acc.wait_for_everyone()
         return out
