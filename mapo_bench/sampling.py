@@ -216,8 +216,9 @@ def read_index(folder: str | Path) -> Any:
     folder = Path(folder)
     path = folder / INDEX
     if not path.is_file():
-        raise MapoBenchError(f"{folder}: no {INDEX}; pass a folder written by `mapo-bench sample` "
-                             f"(an interrupted one: rerun the sample command to finish it)")
+        raise MapoBenchError(f"{folder}: no {INDEX}; pass a folder written by `mapo-bench sample` (an interrupted "
+                             "one: rerun the sample command to finish it) or an image folder with captions in "
+                             "metadata.jsonl")
     frame = pd.read_parquet(path)
     missing = [c for c in INDEX_COLUMNS if c not in frame.columns]
     if missing:

@@ -176,3 +176,38 @@ def test_recipes_validate(stage):
     for file in files:
         assert file.read_text().startswith("# ")  # the comment header: purpose, command, hardware, time
         load_config(SampleConfig if stage == "sample" else EvalConfig, file)
+
+
+def test_eval_scores_image_folders_of_other_tools_and_pairs_them(tmp_path, tiny_weights):
+    """Two imagefolders (metadata.jsonl captions, one with seeds and a model label, one without): scored like
+    sample folders, prompt ids from the caption text so the same prompt pairs across folders, a bad caption
+    named by file and line."""
+    from PIL import Image
+
+    from mapo_bench.data.imagefolder import prompt_key
+    from mapo_bench.stats import compare_scores
+
+    rng = np.random.default_rng(0)
+    for name, meta in (("ours", lambda i, p: {"seed": i % 2, "model": "ours"}), ("theirs", lambda i, p: {})):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = []
+        for i, prompt in enumerate([PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+            lines.append(json.dumps({"file_name": f"{i}.png", "prompt": prompt, **meta(i, prompt)}))
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    opts = _eval_options(tiny_weights)
+    outs = [evaluate(EvalConfig(metrics=["clip"], images=[tmp_path / name], out=tmp_path / f"scores-{name}",
+                                device="cpu", models=opts["models"])) for name in ("ours", "theirs")]
+    scores = pd.read_parquet(outs[1] / "scores.parquet")
+    assert set(scores["model"]) == {"theirs"} and sorted(scores["seed"]) == [0, 0, 1, 1]
+    assert set(scores["prompt_id"]) == {prompt_key(PROMPTS[0]), prompt_key(PROMPTS[1])}
+    result = compare_scores(outs[0], outs[1], resamples=50)["metrics"]["clip"]
+    ours = pd.read_parquet(outs[0] / "scores.parquet").set_index(["prompt_id", "seed"])["score"]
+    theirs = scores.set_index(["prompt_id", "seed"])["score"]
+    assert result["n"] == 4 and result["mean_gap"] == pytest.approx(float((ours - theirs).mean()))
+    meta = tmp_path / "theirs" / "metadata.jsonl"
+    meta.write_text('{"file_name": "0.png", "prompt": " "}\n' + "\n".join(meta.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(MapoBenchError, match=r"0.png \(metadata.jsonl line 1\): 'prompt' must be a non-empty"):
+        evaluate(EvalConfig(metrics=["clip"], images=[tmp_path / "theirs"], out=tmp_path / "bad", device="cpu",
+                            models=opts["models"]))

@@ -178,3 +178,33 @@ def _model(meta: dict[str, Any], path: Path, where: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise MapoBenchError(f"{path}{where}: 'model' must be a non-empty string, got {value!r}")
     return value
+
+
+def prompt_key(prompt: str) -> int:
+    """A stable prompt id from the caption text, so the same prompt pairs across folders of other tools."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(" ".join(prompt.split()).encode(), digest_size=6).digest(), "big")
+
+
+def folder_index(folder: str | Path, skip_bad: bool = False) -> Any:
+    """A sample index (prompt_id, prompt, seed, model, file) of an imagefolder, for ``mapo-bench eval``.
+
+    Every image needs a caption. ``prompt_id`` comes from the caption text (:func:`prompt_key`); ``seed``
+    from the metadata, else the image's position among the folder's images of the same caption; ``model``
+    from the metadata, else the folder's name.
+    """
+    import pandas as pd
+
+    read = read_image_folder(folder, skip_bad=skip_bad, require_prompts=True)
+    seen: dict[str, int] = {}
+    rows = []
+    for record in read.images:
+        assert record.prompt is not None
+        ordinal = seen.get(record.prompt, 0)
+        seen[record.prompt] = ordinal + 1
+        rows.append({"prompt_id": prompt_key(record.prompt), "prompt": record.prompt,
+                     "seed": record.seed if record.seed is not None else ordinal,
+                     "model": record.model or read.root.resolve().name,
+                     "file": record.file.relative_to(read.root).as_posix()})
+    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "seed", "model", "file"])

@@ -54,9 +54,15 @@ def collect_images(folders: list[Path]) -> Any:
 
     if not folders:
         raise MapoBenchError("eval: key 'images': give at least one sample folder (e.g. --images samples/base)")
+    from mapo_bench.data.imagefolder import folder_index
+
     frames = []
     for folder in folders:
-        frame = read_index(folder).copy()
+        # a folder of `mapo-bench sample` (index.parquet) or any imagefolder with captions (metadata.jsonl)
+        if (Path(folder) / "index.parquet").is_file() or not (Path(folder) / "metadata.jsonl").is_file():
+            frame = read_index(folder).copy()
+        else:
+            frame = folder_index(folder)
         frame["path"] = [str(Path(folder) / f) for f in frame["file"]]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
@@ -75,7 +81,12 @@ def inputs_hash(cfg: EvalConfig) -> str:
     digest = hashlib.sha256(config_hash(cfg, exclude={"out", "device", "batch_size", "overwrite"}).encode())
     for folder in cfg.images:
         index = Path(folder) / "index.parquet"
-        digest.update(index.read_bytes() if index.is_file() else b"")
+        if index.is_file():
+            digest.update(index.read_bytes())
+        else:  # an imagefolder: its metadata and every image's bytes
+            from mapo_bench.integrity import file_records
+
+            digest.update(json.dumps(file_records(Path(folder)), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -132,10 +143,11 @@ def score_table(table: Any, evaluators: dict[str, Evaluator], context: ScoreCont
 def _open(path: str) -> Any:
     from PIL import Image
 
+    from mapo_bench.data.imagefolder import load_upright_rgb
+
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as exc:
+        return load_upright_rgb(Path(path))[0]
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MapoBenchError(f"{path}: cannot read the image ({type(exc).__name__}); resample this folder") from None
 
 
