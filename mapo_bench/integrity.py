@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 SELF_KEY = "manifest_sha256"
-RECORD_NAMES = ("manifest.json", "severity.json")  # the JSON files that record other files (or themselves)
-SKIPPED_NAMES = ("manifest.json", "votes.sqlite", "votes.sqlite-wal", "votes.sqlite-shm")
+RECORD_NAMES = ("manifest.json", "severity.json", "checksums.json")  # the JSON files that record other files (or themselves)
+SKIPPED_NAMES = ("manifest.json", "checksums.json", "votes.sqlite", "votes.sqlite-wal", "votes.sqlite-shm")
 CHUNK = 1 << 22
 
 

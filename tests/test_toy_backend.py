@@ -198,3 +198,26 @@ def test_shipped_base_matches_default_config_and_records_its_gate():
     assert set(manifest["gate"]["prefix_adherence"]) >= {"plain", "cartoon", "cartoon 0.5", "unsafe"}
     image = backend.generate(["cartoon style: a large blue square on the right"], [0], backend.default_sampler)[0]
     assert image.size == (32, 32)
+
+
+def test_the_shipped_weights_are_checked_against_their_checksums(tmp_path, monkeypatch):
+    """A copy of the shipped folder passes; one changed byte in its UNet weights is one line naming the file."""
+    import shutil
+
+    from mapo_bench.errors import MapoBenchError
+    from mapo_bench.toy import shipped
+
+    copy = tmp_path / "assets"
+    shutil.copytree(shipped.ASSETS, copy, ignore=shutil.ignore_patterns("flow"))
+    monkeypatch.setitem(shipped.SHIPPED, "toy-copy", (copy, "v", "recipes/toy/pretrain.yaml"))
+    shipped.check_shipped.cache_clear()
+    shipped.check_shipped("toy-copy")
+    weights = next((copy / "unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0x01
+    weights.write_bytes(bytes(data))
+    shipped.check_shipped.cache_clear()
+    with pytest.raises(MapoBenchError, match="damaged or changed") as info:
+        shipped.check_shipped("toy-copy")
+    assert weights.name in str(info.value) and "\n" not in str(info.value)
+    shipped.check_shipped.cache_clear()

@@ -36,7 +36,43 @@ def shipped_dir(shipped_id: str = SHIPPED_ID) -> Path:
     if not (folder / "toy_pipeline.json").is_file():
         raise MapoBenchError(f"{folder}: the shipped {shipped_id} weights are missing; run "
                              f"{repretrain_command(shipped_id)} and pass its output folder as --model")
+    check_shipped(shipped_id)
     return folder
+
+
+CHECKSUMS = "checksums.json"
+
+
+def base_files(folder: Path) -> list[Path]:
+    """The files of a toy base folder that its checksums cover (not a base nested inside it, e.g. flow/)."""
+    folder = Path(folder)
+    nested = [d for d in folder.iterdir() if d.is_dir() and (d / "toy_pipeline.json").is_file()]
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS
+            and not any(d in p.parents for d in nested)]
+
+
+def write_checksums(folder: Path) -> Path:
+    """``folder/checksums.json``: size and SHA-256 of every file of the base (checked when it is loaded)."""
+    from mapo_bench.integrity import file_records
+    from mapo_bench.io import write_json_atomic
+
+    return write_json_atomic(Path(folder) / CHECKSUMS, {"files": file_records(folder, base_files(folder))})
+
+
+@cache
+def check_shipped(shipped_id: str = SHIPPED_ID) -> None:
+    """Once per process: the shipped weights are byte for byte what was published (checksums.json)."""
+    from mapo_bench.integrity import file_sha256
+
+    folder = SHIPPED[shipped_id][0]
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        raise MapoBenchError(f"{path}: missing; the shipped {shipped_id} weights cannot be checked (reinstall mapo-bench)")
+    for relative, expected in json.loads(path.read_text())["files"].items():
+        file = folder / relative
+        if not file.is_file() or file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
+            raise MapoBenchError(f"{file}: the shipped {shipped_id} weights are damaged or changed (checksum differs "
+                                 f"from {path}); reinstall mapo-bench or run {repretrain_command(shipped_id)}")
 
 
 def read_manifest(folder: Path) -> dict | None:
