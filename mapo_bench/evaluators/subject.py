@@ -54,15 +54,29 @@ def load_subject(folder: str | Path | None, metric: str) -> tuple[list[Any], str
     return [record.image for record in records], folder_digest(records)[:16]
 
 
-class ClipImageSimilarity(ClipBackboneEvaluator, Evaluator):
-    """``clip-i``: mean cosine of the sample's CLIP image embedding to the subject images' (in [-1, 1])."""
+class SubjectSimilarity(Evaluator):
+    """Mean cosine of a sample's embedding to the subject images' (in [-1, 1]); subclasses define ``embeds``."""
+
+    def __init__(self, subject: list[Any], digest: str, label: str) -> None:
+        self.references = self.embeds(subject)
+        self.version = f"{label}:{digest}"
+
+    def embeds(self, images: list[Any]) -> torch.Tensor:
+        """``(N, D)`` float32 embeddings of ``images``."""
+        raise NotImplementedError
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        return to_numpy64(mean_cosine_to_references(self.embeds(images), self.references))
+
+
+class ClipImageSimilarity(ClipBackboneEvaluator, SubjectSimilarity):
+    """``clip-i``: on the CLIP image embedding shared with clip / aesthetic / style."""
 
     name: ClassVar[str] = "clip-i"
 
     def __init__(self, backbone: Any, subject: list[Any], digest: str) -> None:
-        super().__init__(backbone)
-        self.references = backbone.image_embeds(subject)
-        self.version = f"vit-l-14:{digest}"
+        ClipBackboneEvaluator.__init__(self, backbone)
+        SubjectSimilarity.__init__(self, subject, digest, "vit-l-14")
 
     @classmethod
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
@@ -71,20 +85,19 @@ class ClipImageSimilarity(ClipBackboneEvaluator, Evaluator):
         subject, digest = load_subject(subject_images, cls.name)
         return cls(clip_backbone(model or cls.default_model, device, dtype, None), subject, digest)
 
-    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
-        return to_numpy64(mean_cosine_to_references(self.backbone.image_embeds(images), self.references))
+    def embeds(self, images: list[Any]) -> torch.Tensor:
+        return self.backbone.image_embeds(images)
 
 
-class DinoSimilarity(Evaluator):
-    """``dino``: mean cosine of the sample's DINO CLS embedding to the subject images' (in [-1, 1])."""
+class DinoSimilarity(SubjectSimilarity):
+    """``dino``: on DINO's CLS embedding (ViT-S/16 by default)."""
 
     name: ClassVar[str] = "dino"
 
     def __init__(self, model: Any, processor: Any, device: torch.device, subject: list[Any], digest: str,
                  model_id: str) -> None:
         self.model, self.processor, self.device = model, processor, device
-        self.references = self.embeds(subject)
-        self.version = f"{Path(model_id.rstrip('/')).name}:{digest}"
+        super().__init__(subject, digest, Path(model_id.rstrip("/")).name)
 
     @classmethod
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
@@ -108,7 +121,4 @@ class DinoSimilarity(Evaluator):
         pixels = self.processor(images=rgb(images), return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
         return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
-
-    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
-        return to_numpy64(mean_cosine_to_references(self.embeds(images), self.references))
 
