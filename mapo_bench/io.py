@@ -183,3 +183,24 @@ def hold_lock(path: str | Path, shared: bool = False, enabled: bool = True,
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def one_writer(stage: str, output: Any) -> Any:
+    """Decorate a stage entry ``fn(cfg)`` so that one process at a time writes its output folder
+    (``output(cfg)``): a second ``train`` / ``build-dataset`` / ``sample`` / ``eval`` into the same folder is
+    refused in one line, as two ``run``s into one run folder are. The lock is a hidden sibling file
+    (``.<name>.lock``) held with :func:`hold_lock` by the main process only (RANK 0 under a launcher)."""
+    import functools
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def inner(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            out = output(cfg)
+            if out is None:
+                return fn(cfg, *args, **kwargs)
+            out = Path(out)
+            busy = f"{out}: another `mapo-bench {stage}` is writing this folder; wait for it to finish or choose another --out"
+            with hold_lock(out.with_name(f".{out.name}.lock"), enabled=os.environ.get("RANK", "0") == "0", busy=busy):
+                return fn(cfg, *args, **kwargs)
+        return inner
+    return wrap

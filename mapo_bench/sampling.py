@@ -36,6 +36,7 @@ from mapo_bench.io import (
     Stopwatch,
     make_manifest,
     manifest_matches,
+    one_writer,
     read_json,
     write_bytes_atomic,
     write_json_atomic,
@@ -133,6 +134,7 @@ def _complete(out: Path, items: list[tuple[int, str, int]]) -> bool:
     return all((out / image_file(pid, seed)).is_file() for pid, _, seed in items)
 
 
+@one_writer("sample", lambda cfg: cfg.out)
 def sample(cfg: SampleConfig) -> Path:
     """Generate the missing images of ``cfg`` and write the index and manifest; returns ``cfg.out``."""
     from accelerate import PartialState

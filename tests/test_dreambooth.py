@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from train_helpers import read_log, tiny_config
 
 from mapo_bench.config import validate
 from mapo_bench.data.builder import build_dataset
 from mapo_bench.data.config import BuildConfig
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.training.loop import train, work_dir
-from train_helpers import read_log, tiny_config
 
 SAMPLER = {"steps": 2, "guidance": 5.0, "height": 32, "width": 32}
 

@@ -238,3 +238,21 @@ def test_a_hub_pipeline_downloads_only_its_components(monkeypatch, tmp_path):
     # a local folder is used as it is, without any hub call
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("hub called"))
     assert resolve_pipeline(str(tmp_path)) == tmp_path
+
+
+@pytest.mark.parametrize("stage", ["train", "sample", "eval", "build-dataset"])
+def test_a_second_writer_into_the_same_output_is_refused(tmp_path, stage):
+    """While another process holds an output folder's lock, each stage refuses at once, in one line, and
+    writes nothing; the lock is a hidden sibling (.<name>.lock), not a file inside the output."""
+    from mapo_bench.io import hold_lock
+
+    out = tmp_path / "out"
+    args = {"train": ["train", "--method", "mapo", "--backend", "toy", "--dataset", str(tmp_path), "--out", str(out)],
+            "sample": ["sample", "--backend", "toy", "--out", str(out)],
+            "eval": ["eval", "--images", str(tmp_path), "--metrics", "toy-style", "--out", str(out)],
+            "build-dataset": ["build-dataset", "pick-safety", "--backend", "toy", "--out", str(out)]}[stage]
+    with hold_lock(tmp_path / ".out.lock"):
+        result = subprocess.run([sys.executable, "-m", "mapo_bench", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{out}: another `mapo-bench {stage}` is writing this folder" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1 and not out.exists()

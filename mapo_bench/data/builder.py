@@ -31,7 +31,7 @@ from mapo_bench.data.prompts import load_prompt_records
 from mapo_bench.data.schema import DATA_SUBDIR, PARTIAL_SUBDIR, shard_name
 from mapo_bench.data.tasks import Task, task_from_config
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.io import MANIFEST, make_manifest, read_json, write_json_atomic, write_text_atomic
+from mapo_bench.io import MANIFEST, make_manifest, one_writer, read_json, write_json_atomic, write_text_atomic
 from mapo_bench.progress import quiet
 
 STATE_FILE = "build.json"
@@ -316,6 +316,7 @@ def _rate_text(progress: Any, task_id: Any) -> str:
 
 
 # -- entry point -------------------------------------------------------------------------------------
+@one_writer("build-dataset", lambda cfg: cfg.out or cfg.default_out())
 def build_dataset(cfg: BuildConfig) -> Path:
     """Build (or resume, or skip when complete) the dataset of ``cfg``; returns the folder."""
     from accelerate import PartialState

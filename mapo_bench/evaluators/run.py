@@ -34,6 +34,7 @@ from mapo_bench.io import (
     atomic_dir,
     make_manifest,
     manifest_matches,
+    one_writer,
     write_json_atomic,
     write_text_atomic,
 )
@@ -179,6 +180,7 @@ def markdown_table(frame: Any, digits: int = 4) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
+@one_writer("eval", lambda cfg: cfg.out)
 def evaluate(cfg: EvalConfig) -> Path:
     """Score ``cfg.images`` with ``cfg.metrics``; returns ``cfg.out``."""
     from accelerate import PartialState

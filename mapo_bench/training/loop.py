@@ -26,6 +26,7 @@ import torch
 from mapo_bench import losses
 from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.io import one_writer
 from mapo_bench.methods import Errors
 from mapo_bench.threads import flush_denormals
 from mapo_bench.training.config import TrainConfig, result_hash
@@ -33,6 +34,7 @@ from mapo_bench.training.config import TrainConfig, result_hash
 LOG_FILE = "train_log.jsonl"
 
 
+@one_writer("train", lambda cfg: cfg.out)
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says and return the output folder (skipped when a matching output exists)."""
     from mapo_bench.io import manifest_matches
@@ -364,7 +366,8 @@ class Trainer:
 
     def next_micro_batches(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per micro-batch: this process's indices into the selection and into the prior stream (or None)."""
-        b, mine = self.cfg.batch_size, slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        b = self.cfg.batch_size
+        mine = slice(self.rank * b, (self.rank + 1) * b)
         return [(self.order.next()[mine], None if self.prior_order is None else self.prior_order.next()[mine])
                 for _ in range(self.cfg.grad_accum)]
 
