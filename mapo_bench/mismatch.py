@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from mapo_bench import faults
 from mapo_bench.config import SamplerConfig, StrictModel, config_hash
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.registry import toy_world
@@ -243,6 +244,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
                            task=dataset_manifest.get("task"), prefixed_side=prefixed_side(dataset_manifest))
     from mapo_bench.integrity import file_records, sealed
 
+    faults.point("mismatch:before-write")
     summary = write_text_atomic(Path(out).with_suffix(".md"), severity_markdown(measures, cfg.dataset))
     write_json_atomic(out, sealed({**record, "files": file_records(summary.parent, [summary])}))
     wait_for_everyone()

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mapo_bench import faults
 from mapo_bench.config import config_hash
 from mapo_bench.errors import MapoBenchError, NotYetImplementedError
 from mapo_bench.evaluators.config import SampleConfig
@@ -162,6 +163,7 @@ def sample(cfg: SampleConfig) -> Path:
         _generate(backend, sampler, todo, out, cfg.batch_size, cfg.prompt_prefix, show=state.is_main_process and not quiet())
     state.wait_for_everyone()
     if state.is_main_process:
+        faults.point("sample:before-index")
         _write_index(cfg, items, out)
         counts = {"prompts": len({pid for pid, _, _ in items}), "seeds": len(cfg.seeds), "images": len(items),
                   "generated_by_main": len(todo), "processes": state.num_processes}
@@ -195,6 +197,7 @@ def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out:
             for (pid, _, seed), image in zip(batch, images, strict=True):
                 write_png_atomic(out / image_file(pid, seed), image)
             progress.advance(task, len(batch))
+            faults.point("sample:after-batch")
 
 
 def _write_index(cfg: SampleConfig, items: list[tuple[int, str, int]], out: Path) -> None:

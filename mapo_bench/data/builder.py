@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mapo_bench import faults
 from mapo_bench.data.config import HASH_EXCLUDE, BuildConfig
 from mapo_bench.data.prompts import load_prompt_records
 from mapo_bench.data.schema import DATA_SUBDIR, PARTIAL_SUBDIR, shard_name
@@ -273,9 +274,11 @@ def build_shard(out: Path, index: int, shard: list[PairSpec], cfg: BuildConfig, 
         else:
             batch_rows = generate_batch(generate, task, batch, cfg.image_format, model_id, sampler_json)
             write_rows(piece, batch_rows)
+            faults.point("build:after-batch")
         rows.extend(batch_rows)
         advance(len(batch))
     write_rows(out / PARTIAL_SUBDIR / shard_name(index), rows)
+    faults.point("build:before-shard-rename")
     os.replace(out / PARTIAL_SUBDIR / shard_name(index), out / DATA_SUBDIR / shard_name(index))
     shutil.rmtree(pieces_dir, ignore_errors=True)
 
@@ -428,6 +431,7 @@ def _finish(out: Path, cfg: BuildConfig, chash: str, task: Task, generate: Image
     _write_card(out, task, manifest)
     from mapo_bench.integrity import file_records, sealed
 
+    faults.point("build:before-manifest")
     recorded = [out / DATA_SUBDIR / shard_name(i) for i in range(len(shards))] + [out / CARD]
     write_json_atomic(out / MANIFEST, sealed({**manifest, "files": file_records(out, recorded)}))
     shutil.rmtree(out / PARTIAL_SUBDIR, ignore_errors=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mapo_bench import faults
 from mapo_bench.config import config_hash
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.evaluators.base import Evaluator, ScoreContext
@@ -258,3 +259,4 @@ def _write_outputs(cfg: EvalConfig, scores: Any, out: Path, digest: str, timings
         write_json_atomic(tmp / MANIFEST, sealed({**make_manifest(
             cfg, digest, counts, timings, context={"task": cfg.task, "target_style": cfg.target_style,
                                                    "base_style": cfg.base_style}), "files": file_records(tmp)}))
+        faults.point("eval:before-rename")

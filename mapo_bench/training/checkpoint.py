@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mapo_bench import faults
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import atomic_dir
 
@@ -50,6 +51,7 @@ def save_checkpoint(work: Path, step: int, *, denoiser: torch.nn.Module, optimiz
     with atomic_dir(final, overwrite=True) as tmp:
         save_file(trainable_state(denoiser), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        faults.point("train:inside-checkpoint")
         save_file({name: s.contiguous() for name, s in generator_states.items()}, str(tmp / "generators.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     for old in list_checkpoints(work)[:-keep_last]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo_bench import losses
+from mapo_bench import faults, losses
 from mapo_bench.dtypes import resolve_dtype
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import one_writer
@@ -454,6 +454,7 @@ class Trainer:
                                             self.step) as bar:
             while self.step < cfg.max_steps:
                 last = self.optimizer_step(self.next_micro_batches())
+                faults.point("train:after-step")
                 if acc.is_main_process:
                     if self.step % cfg.log.every == 0 or self.step == cfg.max_steps:
                         with open(log_path, "a") as handle:
@@ -463,6 +464,7 @@ class Trainer:
                     bar.update(self.step, last)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
                     self.save(work)
+                    faults.point("train:after-checkpoint")
         if acc.log_with:
             acc.end_training()
         if acc.is_main_process:
@@ -482,6 +484,7 @@ class Trainer:
                     output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
                     dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None,
                     text_encoders_offloaded=self.offloaded), "files": files}))
+                faults.point("train:before-export-rename")
             shutil.rmtree(work, ignore_errors=True)
         acc.wait_for_everyone()
         return out

@@ -1,0 +1,39 @@
+"""Fault injection (issue 15): named points where a test can SIGKILL a stage deterministically.
+
+``MAPO_BENCH_FAULT=<stage>:<point>`` (or ``...@N``: at the N-th time the point is reached) makes
+:func:`point` kill its process group with SIGKILL there (only the process itself when it does not lead a
+group, so a test harness in the same group survives). Unset, :func:`point` costs one dictionary lookup.
+The points (``POINTS``) sit just before or after the writes a crash could tear: inside a checkpoint write,
+between a shard's pieces and its rename, between the last image and the index, before an output folder's
+rename.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV_VAR = "MAPO_BENCH_FAULT"
+POINTS = (
+    "build:after-batch", "build:before-shard-rename", "build:before-manifest",
+    "train:after-step", "train:inside-checkpoint", "train:after-checkpoint", "train:before-export-rename",
+    "sample:after-batch", "sample:before-index",
+    "eval:before-rename",
+    "mismatch:before-write",
+)
+_reached: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    """Die here with SIGKILL if ``$MAPO_BENCH_FAULT`` names this point (and this is its N-th visit)."""
+    spec = os.environ.get(ENV_VAR)
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(nth or 1):
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,110 @@
+"""Fault injection (issue 15): each stage is SIGKILLed at a named point (``MAPO_BENCH_FAULT``), resumed by
+the same command, and must end with outputs of record identical to an uninterrupted run (dataset shards,
+weights, images, scores, severity measures). The default suite runs one point per stage; ``-m slow`` all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mapo_bench.faults import POINTS
+
+DEFAULT = {"build:before-shard-rename", "train:inside-checkpoint", "sample:after-batch", "eval:before-rename",
+           "mismatch:before-write"}
+SAMPLER = ["sampler.steps=2", "sampler.guidance=2.0"]
+
+
+def cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MAPO_BENCH_QUIET": "1", "MAPO_BENCH_THREADS": "1"}
+    env.pop("MAPO_BENCH_FAULT", None)
+    if fault:
+        env["MAPO_BENCH_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "mapo_bench", *args], env=env, capture_output=True, text=True,
+                          start_new_session=True)
+
+
+def commands(base: Path, root: Path) -> dict[str, callable]:
+    dataset, samples = root / "ref-dataset", root / "ref-samples"
+    return {
+        "build": lambda out: ["build-dataset", "pick-safety", "--backend", "toy", "--model", str(base),
+                              "--num-prompts", "4", "--batch-size", "2", "shard_size=4", *SAMPLER, "--out", str(out)],
+        "train": lambda out: ["train", "--method", "mapo", "--backend", "toy", "--model", str(base), "--dataset",
+                              str(dataset), "max_steps=4", "checkpoint_every=2", "batch_size=2", "log.progress=false",
+                              f"cache.dir={root / 'cache'}", "--out", str(out)],
+        "sample": lambda out: ["sample", "--backend", "toy", "--model", str(base), "--prompts", "toy:test",
+                               "num_prompts=3", "--seeds", "0,1", "batch_size=2", *SAMPLER, "--out", str(out)],
+        "eval": lambda out: ["eval", "--images", str(samples), "--metrics", "toy-style,toy-content",
+                             "target_style=cartoon", "base_style=photo", f"models.toy-style={base}",
+                             f"models.toy-content={base}", "--out", str(out)],
+        "mismatch": lambda out: ["mismatch", "--dataset", str(out), "--backend", "toy", f"reference={base}",
+                                 "timesteps=2", "noises=1", "resamples=20", "reference_samples=4", *SAMPLER],
+    }
+
+
+def record(stage: str, out: Path) -> dict:
+    """The outputs of record: file digests from the stage's manifest (logs and cards, which carry wall
+    times, and config.yaml, which names the output folder, left out), or severity.json's measures."""
+    if stage == "mismatch":
+        return json.loads((out / "severity.json").read_text())["measures"]
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    return {k: v["sha256"] for k, v in files.items() if not k.endswith((".jsonl", ".md", ".csv", "config.yaml"))
+            and k != "summary.json"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny toy base and the uninterrupted reference output of every stage."""
+    from mapo_bench.toy.tiny import build_tiny_toy
+
+    root = tmp_path_factory.mktemp("faults")
+    base = build_tiny_toy(root / "base")
+    run = commands(base, root)
+    for stage, out in (("build", root / "ref-dataset"), ("sample", root / "ref-samples"),
+                       ("train", root / "ref-train"), ("eval", root / "ref-eval")):
+        result = cli(run[stage](out))
+        assert result.returncode == 0, result.stderr
+    import shutil
+
+    shutil.copytree(root / "ref-dataset", root / "ref-mismatch")
+    assert cli(run["mismatch"](root / "ref-mismatch")).returncode == 0
+    return base, root, run
+
+
+@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p in DEFAULT else pytest.mark.slow) for p in POINTS])
+def test_killed_at_a_named_point_then_resumed_gives_the_same_outputs(world, tmp_path, name):
+    import shutil
+
+    base, root, run = world
+    stage = name.split(":")[0]
+    out = tmp_path / "out"
+    if stage == "mismatch":
+        shutil.copytree(root / "ref-dataset", out)
+    fault = name + ("@2" if name in ("build:after-batch", "sample:after-batch", "train:after-step") else "")
+    killed = cli(run[stage](out), fault)
+    assert killed.returncode == -9, f"{name} was not reached: {killed.stderr[-500:]}"
+    resumed = cli(run[stage](out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference = root / {"build": "ref-dataset", "train": "ref-train", "sample": "ref-samples",
+                        "eval": "ref-eval", "mismatch": "ref-mismatch"}[stage]
+    assert record(stage, out) == record(stage, reference)
+
+
+@pytest.mark.slow
+def test_a_long_training_run_killed_five_times_ends_with_the_same_weights(world, tmp_path):
+    """200 steps, checkpoints every 20: killed five times (25 steps into each attempt, so each attempt
+    loses 5 steps to the last checkpoint), then finished; weights equal those of one uninterrupted run."""
+    base, root, run = world
+
+    def args(out):
+        return [*run["train"](out)[:-2], "max_steps=200", "checkpoint_every=20", "--out", str(out)]
+
+    assert cli(args(tmp_path / "whole")).returncode == 0
+    for _ in range(5):
+        assert cli(args(tmp_path / "killed"), "train:after-step@25").returncode == -9
+    assert cli(args(tmp_path / "killed")).returncode == 0
+    assert record("train", tmp_path / "killed") == record("train", tmp_path / "whole")
