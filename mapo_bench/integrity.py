@@ -35,8 +35,7 @@ def file_records(root: Path, paths: list[Path] | None = None) -> dict[str, dict[
     root = Path(root)
     if paths is None:
         paths = [p for p in root.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES
-                 and not p.name.endswith(".lock")
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+                 and not p.name.endswith(".lock") and not _hidden(p, root)]
     return {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(paths)}
 
@@ -51,6 +50,31 @@ def sealed(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with its self digest added (computed on the JSON it will be written as)."""
     plain = json.loads(json.dumps(record, default=str))
     return {**plain, SELF_KEY: self_digest(plain)}
+
+
+def write_manifest(path: Path, record: dict[str, Any], root: Path, paths: list[Path] | None = None) -> Path:
+    """Write ``record`` at ``path`` with the ``files`` under ``root`` (all, or ``paths``) and its self digest."""
+    from mapo_bench.io import write_json_atomic
+
+    return write_json_atomic(path, sealed({**record, "files": file_records(root, paths)}))
+
+
+def file_problems(root: Path, files: dict[str, dict[str, Any]], where: Path) -> list[str]:
+    """One line per recorded file under ``root`` that is missing or whose size or SHA-256 differs."""
+    problems = []
+    for relative, expected in files.items():
+        file = root / relative
+        if not file.is_file():
+            problems.append(f"{file}: missing (recorded in {where})")
+        elif file.stat().st_size != expected["bytes"]:
+            problems.append(f"{file}: {file.stat().st_size} bytes, recorded {expected['bytes']} (in {where})")
+        elif file_sha256(file) != expected["sha256"]:
+            problems.append(f"{file}: content changed (SHA-256 differs from {where})")
+    return problems
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 @dataclass
@@ -70,8 +94,8 @@ def verify(path: str | Path) -> VerifyReport:
     if not path.exists():
         raise MapoBenchError(f"{path}: no such folder")
     report = VerifyReport()
-    records = sorted(p for name in RECORD_NAMES for p in ([path] if path.is_file() else path.rglob(name))
-                     if p.name == name and not any(part.startswith(".") for part in p.parts[len(path.parts):]))
+    candidates = [path] if path.is_file() else path.rglob("*.json")
+    records = sorted(p for p in candidates if p.name in RECORD_NAMES and (path.is_file() or not _hidden(p, path)))
     for record_path in records:
         try:
             record = json.loads(record_path.read_text())
@@ -83,17 +107,10 @@ def verify(path: str | Path) -> VerifyReport:
         report.manifests += 1
         if SELF_KEY in record and record[SELF_KEY] != self_digest(record):
             report.problems.append(f"{record_path}: the manifest itself was changed (its digest does not match)")
-        root = (record_path.parent / record.get("files_root", ".")).resolve()
-        for relative, expected in (record.get("files") or {}).items():
-            file = root / relative
-            report.files += 1
-            if not file.is_file():
-                report.problems.append(f"{file}: missing (recorded in {record_path})")
-            elif file.stat().st_size != expected["bytes"]:
-                report.problems.append(f"{file}: {file.stat().st_size} bytes, recorded {expected['bytes']} "
-                                       f"(in {record_path})")
-            elif file_sha256(file) != expected["sha256"]:
-                report.problems.append(f"{file}: content changed (SHA-256 differs from {record_path})")
+        files = record.get("files") or {}
+        report.files += len(files)
+        report.problems += file_problems((record_path.parent / record.get("files_root", ".")).resolve(), files,
+                                         record_path)
     if not report.manifests:
         raise MapoBenchError(f"{path}: no mapo-bench manifest with recorded files found under it")
     return report

@@ -158,7 +158,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     import numpy as np
 
     from mapo_bench.backends import load_backend
-    from mapo_bench.io import Stopwatch, make_manifest, write_json_atomic, write_text_atomic
+    from mapo_bench.io import Stopwatch, make_manifest, write_text_atomic
     from mapo_bench.launch import distributed_rank, wait_for_everyone
     from mapo_bench.severity_math import bootstrap_interval, frechet_distance, kid, kid_interval
 
@@ -242,11 +242,11 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     record = make_manifest(cfg, config_hash(cfg), counts={"pairs": int(len(frame)), "reference_samples": n_ref},
                            timings=watch.timings, measures=measures, reference=backend_record(backend),
                            task=dataset_manifest.get("task"), prefixed_side=prefixed_side(dataset_manifest))
-    from mapo_bench.integrity import file_records, sealed
+    from mapo_bench.integrity import write_manifest
 
     faults.point("mismatch:before-write")
     summary = write_text_atomic(Path(out).with_suffix(".md"), severity_markdown(measures, cfg.dataset))
-    write_json_atomic(out, sealed({**record, "files": file_records(summary.parent, [summary])}))
+    write_manifest(Path(out), record, summary.parent, [summary])
     wait_for_everyone()
     return Path(out)
 

@@ -359,12 +359,11 @@ def write_report(run_dir: Path) -> Path:
     from mapo_bench.report_html import render_html
 
     write_text_atomic(out / HTML_FILE, render_html(run_dir, results))
-    from mapo_bench.integrity import file_records, sealed
+    from mapo_bench.integrity import write_manifest
 
     recorded = [p for p in out.iterdir() if p.is_file() and p.name != "manifest.json"]
     recorded += [p for p in (run_dir / "pipeline.json", run_dir / "selection.json") if p.is_file()]
-    write_json_atomic(out / "manifest.json", sealed({"stage": "report", "files_root": "..",
-                                                     "files": file_records(run_dir, recorded)}))
+    write_manifest(out / "manifest.json", {"stage": "report", "files_root": ".."}, run_dir, recorded)
     return out
 
 

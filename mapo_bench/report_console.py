@@ -34,7 +34,7 @@ def answer_table(results: dict[str, Any]) -> Any:
         x = fmt_ci(sev["severity_x"], sev["severity_ci_low"], sev["severity_ci_high"], 4, signed=False)
         tuned = cells.get("mapo vs dpo")
         if tuned is not None or "mapo vs dpo" not in comparisons:
-            shown = [*_gap_cells(tuned)]
+            shown = _gap_cells(tuned)
         else:
             shown = [f"failed: {', '.join(m for m in failed_methods(results, name) if m in ('mapo', 'dpo'))} (gate)", "-"]
         if matched:

@@ -170,9 +170,9 @@ def sample(cfg: SampleConfig) -> Path:
         manifest = make_manifest(cfg, full_hash, counts, watch.timings, model=backend.record() if backend else {},
                                  model_name=cfg.derived_model_name(),
                                  sampler=sampler.model_dump(mode="json") if sampler else None, noise=NOISE_SCHEME)
-        from mapo_bench.integrity import file_records, sealed
+        from mapo_bench.integrity import write_manifest
 
-        write_json_atomic(out / MANIFEST, sealed({**manifest, "files": file_records(out)}))
+        write_manifest(out / MANIFEST, manifest, out)
     state.wait_for_everyone()
     return out
 

@@ -332,8 +332,9 @@ def build_dataset(cfg: BuildConfig) -> Path:
     out = Path(cfg.out or cfg.default_out())
     task = task_from_config(cfg)
     chash = cfg.config_hash()
-    if task.content_digest() is not None:  # files named only by path: their content is part of the identity
-        chash = hashlib.sha256(f"{chash}:{task.content_digest()}".encode()).hexdigest()[:len(chash)]
+    content = task.content_digest()  # files named only by path: their content is part of the identity
+    if content is not None:
+        chash = hashlib.sha256(f"{chash}:{content}".encode()).hexdigest()[:len(chash)]
     console = Console(stderr=True, quiet=quiet())
     started = time.perf_counter()
 
@@ -343,7 +344,7 @@ def build_dataset(cfg: BuildConfig) -> Path:
     records = task.records()
     if records is None:
         records = load_prompt_records(cfg.prompts, cfg.num_prompts, cfg.seed)
-    status = prepare_folder(out, cfg, chash, task.content_digest()) if main else None
+    status = prepare_folder(out, cfg, chash, content) if main else None
     state.wait_for_everyone()
     if not main:
         status = "done" if (out / MANIFEST).is_file() else "resume"
@@ -429,11 +430,10 @@ def _finish(out: Path, cfg: BuildConfig, chash: str, task: Task, generate: Image
         content_warning=task.content_warning, **task.manifest_extra(),
     )
     _write_card(out, task, manifest)
-    from mapo_bench.integrity import file_records, sealed
+    from mapo_bench.integrity import write_manifest
 
     faults.point("build:before-manifest")
-    recorded = [out / DATA_SUBDIR / shard_name(i) for i in range(len(shards))] + [out / CARD]
-    write_json_atomic(out / MANIFEST, sealed({**manifest, "files": file_records(out, recorded)}))
+    write_manifest(out / MANIFEST, manifest, out, [out / DATA_SUBDIR / shard_name(i) for i in range(len(shards))] + [out / CARD])
     shutil.rmtree(out / PARTIAL_SUBDIR, ignore_errors=True)
 
 

@@ -26,15 +26,10 @@ PLACEHOLDERS = ("token", "class", "caption")
 
 
 def fit(image: Any, size: tuple[int, int]) -> Any:
-    """Resize ``image`` so it covers ``size`` (bicubic), then crop the centre to exactly ``size``."""
-    from PIL import Image
+    """``image`` cropped to the centre region of ``size``'s aspect ratio and resized to ``size`` (bicubic)."""
+    from PIL import Image, ImageOps
 
-    width, height = size
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.Resampling.BICUBIC)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    return ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)
 
 
 def fill_template(template: str, token: str | None, subject_class: str | None, caption: str | None,
@@ -94,10 +89,14 @@ class FromImages(Task):
         images = self.folder.images
         return [fit(images[pid // len(self.caption_templates)].image, size) for pid in prompt_ids]
 
-    def content_digest(self) -> str:
+    @functools.cached_property
+    def _digest(self) -> str:  # the folder's pixels are hashed once per task object
         from mapo_bench.data.imagefolder import folder_digest
 
         return folder_digest(self.folder.images)
+
+    def content_digest(self) -> str:
+        return self._digest
 
     def manifest_extra(self) -> dict[str, Any]:
         return {"content_digest": self.content_digest(), "images": {"folder": str(self.images), "source": self.image_source, "license": self.image_license,

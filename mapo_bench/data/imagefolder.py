@@ -86,10 +86,8 @@ def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool
 
     ``min_images``: fewer usable images is an error. ``require_prompts``: every image needs a caption.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise MapoBenchError(f"{root}: no such image folder")
-    entries = _metadata_entries(root) if (root / METADATA_FILE).is_file() else _plain_entries(root)
+    root = _folder(folder)
+    entries = folder_entries(root)
     images: list[FolderImage] = []
     skipped: dict[str, str] = {}
     for where, relative, meta in entries:
@@ -112,6 +110,18 @@ def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool
         found = f"{len(images)} usable image(s)" + (f" ({len(skipped)} skipped as bad)" if skipped else "")
         raise MapoBenchError(f"{root}: {found}; at least {min_images} needed")
     return ImageFolder(root=root, images=images, skipped=skipped)
+
+
+def _folder(folder: str | Path) -> Path:
+    root = Path(folder)
+    if not root.is_dir():
+        raise MapoBenchError(f"{root}: no such image folder")
+    return root
+
+
+def folder_entries(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, relative file, metadata) of every image of the folder, without decoding any."""
+    return _metadata_entries(root) if (root / METADATA_FILE).is_file() else _plain_entries(root)
 
 
 def _plain_entries(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
@@ -187,24 +197,27 @@ def prompt_key(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(" ".join(prompt.split()).encode(), digest_size=6).digest(), "big")
 
 
-def folder_index(folder: str | Path, skip_bad: bool = False) -> Any:
+def folder_index(folder: str | Path) -> Any:
     """A sample index (prompt_id, prompt, seed, model, file) of an imagefolder, for ``mapo-bench eval``.
 
+    Read from the metadata only (eval decodes each image when it scores it, and names a bad one then).
     Every image needs a caption. ``prompt_id`` comes from the caption text (:func:`prompt_key`); ``seed``
     from the metadata, else the image's position among the folder's images of the same caption; ``model``
     from the metadata, else the folder's name.
     """
     import pandas as pd
 
-    read = read_image_folder(folder, skip_bad=skip_bad, require_prompts=True)
+    root = _folder(folder)
     seen: dict[str, int] = {}
     rows = []
-    for record in read.images:
-        assert record.prompt is not None
-        ordinal = seen.get(record.prompt, 0)
-        seen[record.prompt] = ordinal + 1
-        rows.append({"prompt_id": prompt_key(record.prompt), "prompt": record.prompt,
-                     "seed": record.seed if record.seed is not None else ordinal,
-                     "model": record.model or read.root.resolve().name,
-                     "file": record.file.relative_to(read.root).as_posix()})
+    for where, relative, meta in folder_entries(root):
+        prompt = _caption(meta, root / relative, where)
+        if prompt is None:
+            raise MapoBenchError(f"{root / relative}{where}: no caption; give each image a 'prompt' in "
+                                 f"{root / METADATA_FILE}")
+        ordinal = seen.get(prompt, 0)
+        seen[prompt] = ordinal + 1
+        seed = _seed(meta, root / relative, where)
+        rows.append({"prompt_id": prompt_key(prompt), "prompt": prompt, "seed": ordinal if seed is None else seed,
+                     "model": _model(meta, root / relative, where) or root.resolve().name, "file": relative})
     return pd.DataFrame(rows, columns=["prompt_id", "prompt", "seed", "model", "file"])

@@ -152,13 +152,14 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
 
 
 def _manifest_task(root: Path) -> str | None:
-    """The build task recorded in the folder's manifest.json (None: no manifest or no task)."""
-    import json
+    """The build task recorded in the folder's manifest.json (None: no readable manifest)."""
+    from mapo_bench.io import MANIFEST, read_json
 
-    manifest = root / "manifest.json" if root.is_dir() else None
+    if not (root / MANIFEST).is_file():
+        return None
     try:
-        return str(json.loads(manifest.read_text()).get("config", {}).get("task")) if manifest and manifest.is_file() else None
-    except (OSError, ValueError):
+        return read_json(root / MANIFEST).get("config", {}).get("task")
+    except MapoBenchError:
         return None
 
 

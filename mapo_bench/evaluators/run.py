@@ -254,9 +254,8 @@ def _write_outputs(cfg: EvalConfig, scores: Any, out: Path, digest: str, timings
                                                  "note": "clip: reported = max(mean, 0) (torchmetrics convention); "
                                                          "scores compare within a prompt only"})
         counts = {"images": images, "metrics": len(cfg.metrics), "rows": len(scores)}
-        from mapo_bench.integrity import file_records, sealed
+        from mapo_bench.integrity import write_manifest
 
-        write_json_atomic(tmp / MANIFEST, sealed({**make_manifest(
-            cfg, digest, counts, timings, context={"task": cfg.task, "target_style": cfg.target_style,
-                                                   "base_style": cfg.base_style}), "files": file_records(tmp)}))
+        write_manifest(tmp / MANIFEST, make_manifest(cfg, digest, counts, timings, context={
+            "task": cfg.task, "target_style": cfg.target_style, "base_style": cfg.base_style}), tmp)
         faults.point("eval:before-rename")

@@ -21,7 +21,7 @@ import numpy as np
 
 from mapo_bench.toy import vocab
 from mapo_bench.toy.config import ToyPretrainConfig, toy_config_hash
-from mapo_bench.toy.shipped import write_checksums
+from mapo_bench.toy.shipped import SHIPPED, write_checksums
 
 
 def default_out(cfg: ToyPretrainConfig) -> Path:
@@ -418,8 +418,6 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
                                  processes=group.world, gate=numbers, gate_verdict=verdict, resumed_stages=resumed,
                                  weights_from=donor, classifier_from=classifier_donor)
         write_json_atomic(tmp / "manifest.json", manifest)
-        from mapo_bench.toy.shipped import SHIPPED
-
         for nested, _, _ in SHIPPED.values():  # a base shipped inside this folder (assets/flow) is kept
             if nested.parent.resolve() == Path(out).resolve() and nested.is_dir():
                 shutil.copytree(nested, tmp / nested.name)

@@ -62,17 +62,16 @@ def write_checksums(folder: Path) -> Path:
 @cache
 def check_shipped(shipped_id: str = SHIPPED_ID) -> None:
     """Once per process: the shipped weights are byte for byte what was published (checksums.json)."""
-    from mapo_bench.integrity import file_sha256
+    from mapo_bench.integrity import file_problems
 
     folder = SHIPPED[shipped_id][0]
     path = folder / CHECKSUMS
     if not path.is_file():
         raise MapoBenchError(f"{path}: missing; the shipped {shipped_id} weights cannot be checked (reinstall mapo-bench)")
-    for relative, expected in json.loads(path.read_text())["files"].items():
-        file = folder / relative
-        if not file.is_file() or file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
-            raise MapoBenchError(f"{file}: the shipped {shipped_id} weights are damaged or changed (checksum differs "
-                                 f"from {path}); reinstall mapo-bench or run {repretrain_command(shipped_id)}")
+    problems = file_problems(folder, json.loads(path.read_text())["files"], path)
+    if problems:
+        raise MapoBenchError(f"the shipped {shipped_id} weights are damaged or changed: {problems[0]}; reinstall "
+                             f"mapo-bench or run {repretrain_command(shipped_id)}")
 
 
 def read_manifest(folder: Path) -> dict | None:

@@ -159,6 +159,8 @@ class Trainer:
         if prior_data is not None:
             from mapo_bench.training.data import EpochOrder
 
+            if self.method.uses_rejected:
+                raise MapoBenchError(f"method {cfg.method}: a prior stream with paired images is not supported")
             self.prior_source = open_pairs(prior_data, cfg.data.split)
             self.prior_selection = select_pairs(self.prior_source, "half", seed=cfg.seed)
             if len(self.prior_selection) < cfg.batch_size * self.world:
@@ -289,8 +291,6 @@ class Trainer:
                                crop=cfg.data.crop, flip=cfg.data.flip, uses_rejected=False, cache=self.prior_cache)
             x0 = torch.cat([x0, prior.x0.float()])
             conditioning = concat_conditioning(conditioning, prior.conditioning)
-        if paired and prior_indices is not None:
-            raise MapoBenchError(f"method {cfg.method}: a prior stream with paired images is not supported")
         noise, t = backend.training_noise(x0, batch.pairs if prior_indices is None else len(x0), self.generator, paired)
         noisy = backend.add_noise(x0, noise, t).to(self.model_dtype)
         target = backend.target(x0, noise, t)
@@ -428,7 +428,7 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from mapo_bench.io import Stopwatch, atomic_dir, make_manifest, write_json_atomic
+        from mapo_bench.io import Stopwatch, atomic_dir, make_manifest
 
         cfg, acc = self.cfg, self.accelerator
         out = Path(cfg.out)
@@ -474,16 +474,15 @@ class Trainer:
                 from mapo_bench.config import dump_yaml
 
                 (tmp / "config.yaml").write_text(dump_yaml(cfg))
-                from mapo_bench.integrity import file_records, sealed
+                from mapo_bench.integrity import write_manifest
 
-                files = file_records(tmp)
-                write_json_atomic(tmp / "manifest.json", sealed({**make_manifest(
+                write_manifest(tmp / "manifest.json", make_manifest(
                     cfg, result_hash(cfg), counts={**self.selection.counts, "steps": self.step,
                                                    "processes": self.world},
                     timings=watch.timings, method=cfg.method, backend=self.backend.record(),
                     output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
                     dataset_fingerprint=self.source.fingerprint, resumed_from=str(resume_from) if resume_from else None,
-                    text_encoders_offloaded=self.offloaded), "files": files}))
+                    text_encoders_offloaded=self.offloaded), tmp)
                 faults.point("train:before-export-rename")
             shutil.rmtree(work, ignore_errors=True)
         acc.wait_for_everyone()
