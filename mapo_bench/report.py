@@ -145,14 +145,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {sev['prefixed_side']} | "
                      + " | ".join(_measure(m.get(c.replace(' ', '_'))) for c in SEVERITY_COLUMNS) + " |")
     lines += ["", "## Fidelity gate on test prompts (the selection's rule, same quantity)", "",
-              f"Eligible: mean {ev['fidelity_metric']} at most {ev['fidelity_margin']:g} below the "
-              f"{ev['fidelity_reference']}'s (the target: the base prompted with the task's chosen prefix).", "",
+              f"Eligible: {results['selection']['rule']['eligible']}.", "",
               "| dataset | method | status | setting | grid edge | fidelity vs reference, validation | test [95% CI] | passes on test |",
               "|---|---|---|---|---|---|---|---|"]
     for c in results["selection_check"]:
         status = c["status"] + (f" (carried from {c['carried_from']})" if c.get("carried_from") else "")
-        val = "-" if c["validation_fidelity_advantage"] is None else f"{c['validation_fidelity_advantage']:+.3f}"
-        test = "-" if c["test_fidelity_advantage"] is None else fmt_ci(c["test_fidelity_advantage"], *c["test_fidelity_ci"])
+        val = "-" if c["validation_fidelity_advantage"] is None else (
+            f"{c['validation_fidelity_advantage']:+.3f}" + (f" (vs {c['validation_reference']})"
+                                                           if c.get("validation_reference") else ""))
+        test = "-" if c["test_fidelity_advantage"] is None else (
+            fmt_ci(c["test_fidelity_advantage"], *c["test_fidelity_ci"]) + f" (vs {c['reference']})")
         passes = {True: "yes", False: "**no**", None: "-"}[c["passes_on_test"]]
         lines.append(f"| {c['dataset']} | {c['method']} | {status} | {c['setting'] or c.get('reason') or '-'} | "
                      f"{'; '.join(c['edges']) or '-'} | {val} | {test} | {passes} |")

@@ -199,7 +199,7 @@ def selection_check(runner: Any, selection: dict[str, Any], rows: list[dict[str,
     ev = runner.spec.eval
     out = []
     for d in runner.spec.datasets:
-        reference = reference_label(runner, d)
+        reference = reference_label(runner, d, "test")
         for method, cell in selection["cells"][d.name].items():
             source = selection["cells"][cell.get("carried_from") or d.name][method]
             chosen = next((r for r in source["rows"] if r["setting"] == cell.get("setting")), None)
@@ -208,6 +208,7 @@ def selection_check(runner: Any, selection: dict[str, Any], rows: list[dict[str,
             out.append({"dataset": d.name, "method": method, "status": cell["status"], "setting": cell.get("setting"),
                         "carried_from": cell.get("carried_from"), "edges": cell.get("edges", []),
                         "reason": cell.get("reason"), "reference": reference,
+                        "validation_reference": source.get("reference"),
                         "validation_fidelity_advantage": chosen["fidelity_advantage"] if chosen else None,
                         "test_fidelity_advantage": test["advantage"] if test else None,
                         "test_fidelity_ci": [test["advantage_ci_low"], test["advantage_ci_high"]] if test else None,

@@ -418,15 +418,37 @@ def passes_gate(fidelity_advantage: float, margin: float) -> bool:
     return fidelity_advantage >= -margin
 
 
-def reference_label(runner: Runner, d: DatasetSpec) -> str:
-    """The fidelity gate's reference for dataset ``d``: its target (base + chosen prefix), else the base."""
-    return "target" if runner.spec.eval.fidelity_reference == "target" and runner.target_prefix(d) is not None else "base"
+def reference_label(runner: Runner, d: DatasetSpec, split: str) -> str:
+    """The fidelity gate's reference for dataset ``d`` on ``split``: its target (base + chosen prefix) or the
+    base, as the pipeline names it; for "lower", whichever of the two has the lower mean fidelity on
+    ``split`` (the target wins a tie). Datasets without a target prefix use the base."""
+    rule = runner.spec.eval.fidelity_reference
+    if rule == "base" or runner.target_prefix(d) is None:
+        return "base"
+    if rule == "target":
+        return "target"
+    means = {label: mean_score(reference_scores(runner, d, split, label), runner.spec.eval.fidelity_metric)
+             for label in ("target", "base")}
+    return "base" if means["base"] < means["target"] else "target"
 
 
-def reference_scores(runner: Runner, d: DatasetSpec, split: str) -> Any:
+def reference_scores(runner: Runner, d: DatasetSpec, split: str, label: str | None = None) -> Any:
     from mapo_bench.stats import read_scores
 
-    return read_scores(runner.scores_dir(f"{reference_label(runner, d)}/{d.name}", split))
+    return read_scores(runner.scores_dir(f"{label or reference_label(runner, d, split)}/{d.name}", split))
+
+
+def mean_score(scores: Any, metric: str) -> float:
+    return float(scores.loc[scores["metric"] == metric, "score"].mean())
+
+
+def reference_rule(ev: Any) -> str:
+    """The gate's rule in words, for results.json and the report."""
+    reference = {"target": "the target's (the base prompted with the task's chosen prefix)",
+                 "base": "the base's",
+                 "lower": "the lower of the target's (the base prompted with the task's chosen prefix) and the "
+                          "base's"}[ev.fidelity_reference]
+    return f"mean {ev.fidelity_metric} at most {ev.fidelity_margin:g} below {reference}"
 
 
 def best_eligible(rows: list[dict[str, Any]], margin: float) -> dict[str, Any] | None:
@@ -448,7 +470,8 @@ def select_settings(runner: Runner) -> dict[str, Any]:
     cells: dict[str, Any] = {}
     for d in [d for d in spec.datasets if d.tune_from is None]:
         base = read_scores(runner.scores_dir(f"base/{d.name}", "validation"))
-        reference = reference_scores(runner, d, "validation")
+        reference_name = reference_label(runner, d, "validation")
+        reference = reference_scores(runner, d, "validation", reference_name)
         preference = ev.preference_metric[d.task]
         cells[d.name] = {}
         for method, method_spec in spec.methods.items():
@@ -463,6 +486,7 @@ def select_settings(runner: Runner) -> dict[str, Any]:
                              "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]})
             best = best_eligible(rows, ev.fidelity_margin)
             cell: dict[str, Any] = {"rows": rows, "preference_metric": preference, "fidelity_metric": ev.fidelity_metric,
+                                    "reference": reference_name,
                                     "margin_sensitivity": {f"{m:g}": (best_eligible(rows, m) or {}).get("setting")
                                                            for m in (ev.fidelity_margin / 2, ev.fidelity_margin * 2)}}
             if best is not None:
@@ -471,14 +495,13 @@ def select_settings(runner: Runner) -> dict[str, Any]:
             else:
                 cell.update({"status": "failed", "setting": None, "grid": None, "edges": [],
                              "reason": f"no setting's mean {ev.fidelity_metric} is within {ev.fidelity_margin:g} of "
-                                       f"the {ev.fidelity_reference}'s"})
+                                       f"the {reference_name}'s"})
             cells[d.name][method] = cell
     for d in [d for d in spec.datasets if d.tune_from is not None]:
         cells[d.name] = {m: {**{k: v for k, v in cell.items() if k != "rows"}, "rows": [], "carried_from": d.tune_from}
                          for m, cell in cells[d.tune_from].items()}
     return {"schema_version": SELECTION_SCHEMA, "rule": {
-        "eligible": f"mean {ev.fidelity_metric} at most {ev.fidelity_margin:g} below the {ev.fidelity_reference}'s "
-                    "(validation prompts, first training seed)",
+        "eligible": f"{reference_rule(ev)} (validation prompts, first training seed)",
         "selected": "largest mean preference advantage over the base among the eligible settings",
         "fidelity_reference": ev.fidelity_reference, "fidelity_margin": ev.fidelity_margin}, "cells": cells}
 

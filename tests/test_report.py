@@ -5,6 +5,7 @@ the trend block and its verdict, the README headline, and the one-line refusal o
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -241,3 +242,34 @@ def test_the_printed_answer_and_the_page_name_the_failed_cells_and_the_verdict(t
     assert f"page: {out / 'index.html'}" in text and f"plot: {out / 'severity_vs_effect.png'}" in text
     page = (out / "index.html").read_text()
     assert "is <strong>not testable</strong>" in page and page.count('class="failed">failed cell') == 8
+
+
+def test_lower_reference_passes_a_model_that_does_not_move(tmp_path, monkeypatch):
+    """Target content 0.97 above the base's 0.9 (a chosen style the instrument scores as more faithful):
+    against the target, mapo lr 1e-5 (content 0.9, the base's) is 0.07 below it and fails, so the mapo cell
+    fails although nothing lost content. With "lower" the reference is the base (0.9 < 0.97): lr 1e-5 passes
+    (gap 0), lr 1e-4 (0.78, gap -0.12) still fails. With the original target (0.8 < 0.9) "lower" picks the
+    target and selects as "target" does (lr 1e-4, gap -0.02)."""
+    original = score
+
+    def above(model, dataset, metric):
+        return 0.97 if (model, metric) == ("target", "toy-content") else original(model, dataset, metric)
+
+    module = sys.modules[__name__]  # write_scores reads score() from this module
+    monkeypatch.setattr(module, "score", above)
+    for name in ("t", "l", "o"):
+        (tmp_path / name).mkdir()
+    target_rule = json.loads((make_run(tmp_path / "t") / "selection.json").read_text())
+    assert target_rule["cells"]["style-b"]["mapo"]["status"] == "failed"
+    lower = {**SPEC, "eval": {**SPEC["eval"], "fidelity_reference": "lower"}}
+    out = write_report(make_run(tmp_path / "l", lower))
+    results = json.loads((out / "results.json").read_text())
+    cell = results["selection"]["cells"]["style-b"]["mapo"]
+    assert cell["status"] == "selected" and cell["grid"] == {"optim.lr": 1e-5} and cell["reference"] == "base"
+    check = {(c["dataset"], c["method"]): c for c in results["selection_check"]}
+    assert check[("style-b", "mapo")]["reference"] == "base" and check[("style-b", "mapo")]["passes_on_test"] is True
+    assert "the lower of the target's" in (out / "table.md").read_text()
+    monkeypatch.setattr(module, "score", original)
+    again = json.loads((make_run(tmp_path / "o", lower) / "selection.json").read_text())
+    assert again["cells"]["style-b"]["mapo"]["grid"] == {"optim.lr": 1e-4}
+    assert again["cells"]["style-b"]["mapo"]["reference"] == "target"
