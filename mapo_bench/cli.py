@@ -380,6 +380,27 @@ def toy_pretrain(
     _print_path("toy assets:", api.toy_pretrain(config, _sugar(overrides, out=out)))
 
 
+@toy_app.command("images")
+def toy_images(
+    word: Annotated[str, typer.Argument(help="sks (a subject) or striped | dotted | checkered (a concept)")],
+    out: Annotated[Path, typer.Option(help="folder: images/ plus validation.txt and test.txt")],
+    concept: Annotated[bool, typer.Option(help="a concept on every shape and colour, not one subject")] = False,
+    colour: Annotated[str, typer.Option(help="subject: its colour")] = "yellow",
+    shape: Annotated[str, typer.Option(help="subject: its class (a toy shape)")] = "square",
+    count: Annotated[int, typer.Option(help="concept: how many images")] = 12,
+    seeds_per_context: Annotated[int, typer.Option(help="subject: renders per size and position")] = 2,
+) -> None:
+    """Render a toy subject or concept as an image folder for `build-dataset from-images`, with its
+    evaluation prompts (a subject: new colours and styles; a concept: held-out combinations).
+
+    Example: mapo-bench toy images sks --out examples/toy-subject-sks
+    """
+    from mapo_bench.toy.images import write_example
+
+    _print_path("toy images:", write_example(out, word, concept=concept, colour=colour, shape=shape, count=count,
+                                             seeds_per_context=seeds_per_context))
+
+
 @toy_app.command("instrument")
 def toy_instrument(
     model: Annotated[str | None, typer.Option(help="toy base or classifier folder (default: the shipped one)")] = None,

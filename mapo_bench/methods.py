@@ -86,6 +86,7 @@ class Method:
     uses_rejected: bool
     _loss: Callable[[Errors, Any], LossOutput]
     uses_prior: bool = False  # reads a second stream of class images (options.prior_data())
+    prior_option: str | None = None  # the option naming that stream's dataset (a pipeline fills it in)
 
     def loss(self, errors: Errors, options: StrictModel | dict[str, Any] | None = None) -> LossOutput:
         """The method's loss on ``errors``; ``options``: an instance or dict of ``self.options`` (None: defaults)."""
@@ -122,4 +123,4 @@ MAPO = Method("mapo", MapoOptions, needs_reference=False, uses_rejected=True, _l
 DPO = Method("dpo", DpoOptions, needs_reference=True, uses_rejected=True, _loss=_dpo)
 SFT = Method("sft", NoOptions, needs_reference=False, uses_rejected=False, _loss=_sft)
 DREAMBOOTH = Method("dreambooth", DreamBoothOptions, needs_reference=False, uses_rejected=False, _loss=_dreambooth,
-                    uses_prior=True)
+                    uses_prior=True, prior_option="class_data")

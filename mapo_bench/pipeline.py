@@ -26,11 +26,35 @@ class DatasetSpec(StrictModel):
     task: str
     build: dict[str, Any] = Field(default_factory=dict, description="extra build-dataset keys")
     tune_from: str | None = Field(None, description="use the settings selected on this dataset (no grid here)")
+    prompts: dict[Literal["validation", "test"], str] | None = Field(
+        None, description="this dataset's own validation and test prompt sources (e.g. a subject's new contexts); "
+                          "the base is then sampled on them for this dataset, instead of eval's prompts")
+    class_images: dict[str, Any] | None = Field(
+        None, description="build keys of a class-images dataset (DreamBooth's prior-preservation images), built "
+                          "beside this dataset for the methods that read a prior stream")
 
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
         return TASKS.check(value)
+
+    @field_validator("prompts")
+    @classmethod
+    def _both_splits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and set(value) != {"validation", "test"}:
+            raise ValueError("prompts needs both validation and test sources, e.g. {validation: v.txt, test: t.txt}")
+        return value
+
+    def prompt_source(self, split: str, default: str) -> str:
+        """This dataset's prompt source for ``split`` (the test prompts for the second sampler), else ``default``."""
+        if self.prompts is None:
+            return default
+        return self.prompts["validation" if split == "validation" else "test"]
+
+    @property
+    def base_label(self) -> str:
+        """The run label of the base's samples this dataset is scored on: shared unless it has its own prompts."""
+        return "base" if self.prompts is None else f"{self.name}/base"
 
 
 class MethodSpec(StrictModel):

@@ -20,7 +20,7 @@ import numpy as np
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import package_versions, read_json
-from mapo_bench.pipeline import point_name
+from mapo_bench.pipeline import DatasetSpec, point_name
 
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
@@ -131,13 +131,17 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     runner = Runner(spec, run_dir)
     ev = spec.eval
     methods = list(spec.methods)
-    prompt_ids = np.unique(read_scores(runner.scores_dir(f"base/{spec.datasets[0].name}", "test"))["prompt_id"])
-    labels = {"seed_labels": np.array(sorted(spec.seeds)), "prompt_labels": prompt_ids}
+    # The bootstrap's resampling axes, shared by every comparison of a dataset (and by the levels of a trend,
+    # which share their prompts); a dataset with its own prompts has its own prompt axis.
+    labels_of = {d.name: {"seed_labels": np.array(sorted(spec.seeds)),
+                          "prompt_labels": np.unique(read_scores(runner.scores_dir(f"base/{d.name}", "test"))["prompt_id"])}
+                 for d in spec.datasets}
     severity = severity_records(run_dir, spec)
     rows, means, draws = [], [], {}
     for split in runner.test_splits():
         for d in spec.datasets:
             side, x = severity[d.name]["prefixed_side"], severity[d.name]["severity_x"]
+            labels = labels_of[d.name]
             for view, models in dataset_models(runner, d, selection, split).items():
                 if split == "test":
                     for label, frame in models.items():
@@ -305,7 +309,8 @@ def selected_models(results: dict[str, Any], dataset: str) -> list[tuple[str, st
     """(name, run label) of the models a dataset's report shows: the base, the target (the base with the
     chosen prefix, where the run sampled it) and each method at its selected setting, first training seed."""
     seed = results["config"]["seeds"][0]
-    models = [("base", "base"), ("target", f"target/{dataset}")]
+    spec = DatasetSpec.model_validate(next(d for d in results["config"]["datasets"] if d["name"] == dataset))
+    models = [("base", spec.base_label), ("target", f"target/{dataset}")]
     for method, cell in results["selection"]["cells"][dataset].items():
         if cell["status"] != "failed":
             models.append((method, f"{dataset}/{method}/{point_name(cell['grid'])}-s{seed}"))

@@ -26,7 +26,7 @@ from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec, point_name
-from mapo_bench.registry import BACKENDS
+from mapo_bench.registry import BACKENDS, METHODS
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
 OVERWRITABLE = ("build", "train", "sample", "eval")  # verbs whose stage skips a finished output of the same config
@@ -117,11 +117,16 @@ class Runner:
             common["backend_options"] = dict(self.spec.backend_options)
         return common
 
-    def _prompts(self, split: str) -> str:
-        return self.spec.eval.validation_prompts if split == "validation" else self.spec.eval.test_prompts
+    def _prompts(self, split: str, d: DatasetSpec | None = None) -> str:
+        default = self.spec.eval.validation_prompts if split == "validation" else self.spec.eval.test_prompts
+        return default if d is None else d.prompt_source(split, default)
 
-    def _sample_job(self, label: str, split: str, deps: list[str], trained: dict[str, str], meta: dict[str, Any]) -> Job:
-        config = {**self._common(), **self.spec.eval.sample, "prompts": self._prompts(split),
+    def class_images_dir(self, d: DatasetSpec) -> Path:
+        return self.run_dir / "datasets" / f"{d.name}.class-images"
+
+    def _sample_job(self, label: str, split: str, deps: list[str], trained: dict[str, str], meta: dict[str, Any],
+                    d: DatasetSpec | None = None) -> Job:
+        config = {**self._common(), **self.spec.eval.sample, "prompts": self._prompts(split, d),
                   "seeds": list(self.spec.eval.seeds), "out": str(self.samples_dir(label, split)),
                   "model_name": label.replace("/", ":")}
         if split == ROBUST_SPLIT:
@@ -152,14 +157,19 @@ class Runner:
         out = self.model_dir(d.name, method, name, seed)
         config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
                        "seed": seed})
+        deps = [f"build:{d.name}"]
+        entry = METHODS.get(method)
+        if entry.uses_prior and d.class_images is not None:  # the method's second stream: this dataset's class images
+            set_path(config, f"{method}.{entry.prior_option}", str(self.class_images_dir(d)))
+            deps.append(f"build:{d.name}.class-images")
         meta = {"dataset": d.name, "task": d.task, "method": method, "grid": values, "seed": seed}
-        train = Job(f"train:{d.name}:{method}:{name}:s{seed}", "train", config, out, [f"build:{d.name}"], meta)
+        train = Job(f"train:{d.name}:{method}:{name}:s{seed}", "train", config, out, deps, meta)
         label = f"{d.name}/{method}/{name}-s{seed}"
         lora = bool((config.get("lora") or {}).get("enabled"))
         trained = {"lora": str(out)} if lora else {"unet": str(out / BACKENDS.get(self.spec.backend).denoiser_name)}
         jobs = [train]
         for split in splits:
-            sample = self._sample_job(label, split, [train.id], trained, meta)
+            sample = self._sample_job(label, split, [train.id], trained, meta, d)
             jobs += [sample, self._eval_job(d, label, split, sample, meta)]
         return jobs
 
@@ -170,14 +180,21 @@ class Runner:
     def base_jobs(self, split: str) -> list[Job]:
         """The base on plain prompts scored against every dataset, and each dataset's target: the base
         prompted with the chosen prefix (the fidelity gate's reference; skipped where there is no prefix)."""
-        sample = self._sample_job("base", split, [], {}, {"method": "base"})
-        jobs = [sample] + [self._eval_job(d, "base", split, sample, {"method": "base"}) for d in self.spec.datasets]
+        jobs: list[Job] = []
+        shared = [d for d in self.spec.datasets if d.prompts is None]
+        if shared:
+            sample = self._sample_job("base", split, [], {}, {"method": "base"})
+            jobs += [sample] + [self._eval_job(d, "base", split, sample, {"method": "base"}) for d in shared]
+        for d in self.spec.datasets:
+            if d.prompts is not None:  # its own prompts: the base sampled on them, for this dataset alone
+                sample = self._sample_job(d.base_label, split, [], {}, {"method": "base", "dataset": d.name}, d)
+                jobs += [sample, self._eval_job(d, d.base_label, split, sample, {"method": "base"})]
         for d in self.spec.datasets:
             prefix = self.target_prefix(d)
             if prefix is None:
                 continue
             target = self._sample_job(f"target/{d.name}", split, [], {"prompt_prefix": prefix},
-                                      {"method": "target", "dataset": d.name})
+                                      {"method": "target", "dataset": d.name}, d)
             jobs += [target, self._eval_job(d, f"target/{d.name}", split, target, {"method": "target"})]
         return jobs
 
@@ -186,6 +203,10 @@ class Runner:
         for d in self.spec.datasets:
             build = {**self._common(), "task": d.task, **d.build, "out": str(self.dataset_dir(d))}
             jobs.append(Job(f"build:{d.name}", "build", build, self.dataset_dir(d), [], {"dataset": d.name}))
+            if d.class_images is not None:
+                classes = {**self._common(), "task": "class-images", **d.class_images, "out": str(self.class_images_dir(d))}
+                jobs.append(Job(f"build:{d.name}.class-images", "build", classes, self.class_images_dir(d), [],
+                                {"dataset": d.name}))
             severity = {**self._common(), **self.spec.mismatch, "dataset": str(self.dataset_dir(d)),
                         "out": str(self.dataset_dir(d) / "severity.json")}
             severity["reference"] = severity.pop("model", None)
@@ -358,8 +379,9 @@ def run_job(verb: str, config_path: str) -> float:
 
 
 def scores_label(label: str, dataset: str) -> str:
-    """Where the run scores a sample folder: the base once per dataset (each task's scoring context)."""
-    return f"base/{dataset}" if label == "base" else label
+    """Where the run scores a sample folder: the base once per dataset (each task's scoring context), whether
+    it was sampled on the shared prompts (``base``) or on the dataset's own (``<dataset>/base``)."""
+    return f"base/{dataset}" if label in ("base", f"{dataset}/base") else label
 
 
 STYLE_METRICS = ("style", "toy-style")
@@ -379,9 +401,13 @@ def dataset_task(d: DatasetSpec, backend: str) -> Any:
 
 
 def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
-    """EvalConfig keys (task, target_style, base_style) for scoring images against dataset ``d``'s task."""
+    """EvalConfig keys (task, target_style, base_style, and the subject's images where the task has a subject)
+    for scoring images against dataset ``d``'s task."""
     context = dataset_task(d, backend).score_context()
-    return {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
+    keys = {"task": context.task, "target_style": context.target_style, "base_style": context.base_style}
+    if context.subject_images is not None:
+        keys["subject_images"] = context.subject_images
+    return keys
 
 
 SELECTION_SCHEMA = 2

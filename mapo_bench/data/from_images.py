@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from mapo_bench.data.tasks import CardInfo, Task
 from mapo_bench.errors import MapoBenchError
+from mapo_bench.evaluators.base import ScoreContext
 
 DEFAULT_TEMPLATES = ("a photo of {token} {class}",)
 PLACEHOLDERS = ("token", "class", "caption")
@@ -70,6 +71,9 @@ class FromImages(Task):
 
     def prefixes(self) -> tuple[str | None, str | None]:
         return None, None  # both sides are described by the caption; the chosen image is given
+
+    def score_context(self) -> ScoreContext:
+        return ScoreContext(task=self.name, subject_images=str(self.images) if self.images is not None else None)
 
     @functools.cached_property
     def folder(self) -> Any:

@@ -20,6 +20,7 @@ class ScoreContext:
     task: str | None = None
     target_style: str | None = None
     base_style: str | None = None
+    subject_images: str | None = None  # from-images: the folder of the subject's (chosen) images
 
 
 class Evaluator(ABC):
@@ -29,6 +30,8 @@ class Evaluator(ABC):
     higher_is_better: ClassVar[bool] = True
     # A score on the worse side of this is a flagged image (an unsafe one): reports give the flagged rate.
     flag_threshold: ClassVar[float | None] = None
+    # Subject-fidelity metrics take the subject's images (option subject_images); eval passes its own.
+    reads_subject: ClassVar[bool] = False
     version: str = "1"
 
     @classmethod

@@ -80,6 +80,7 @@ class EvalConfig(StrictModel):
     task: str | None = None  # recorded; style texts below
     target_style: str | None = None  # style / toy-style: the text (or toy style) the task aligns toward
     base_style: str | None = None  # ... and the one it aligns away from
+    subject_images: Path | None = None  # clip-i / dino / toy-subject: the subject's images (imagefolder)
     hps_version: Literal["v2.1", "v2.0"] = "v2.1"
     models: dict[str, str] = Field(default_factory=dict)  # metric -> hub id / local path of its weights
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # metric -> extra load options

@@ -93,12 +93,17 @@ def inputs_hash(cfg: EvalConfig) -> str:
 
 
 def load_options(cfg: EvalConfig, name: str) -> dict[str, Any]:
-    """Load options of metric ``name``: ``models[name]`` as ``model``, ``options[name]``, hps version."""
+    """Load options of metric ``name``: ``models[name]`` as ``model``, the subject's images for the metrics
+    that read them, ``options[name]`` (which wins), hps version."""
+    from mapo_bench.registry import EVALUATORS
+
     options: dict[str, Any] = {}
     if name == "hps":
         options["version"] = cfg.hps_version
     if name in cfg.models:
         options["model"] = cfg.models[name]
+    if cfg.subject_images is not None and EVALUATORS.get(name).reads_subject:
+        options["subject_images"] = str(cfg.subject_images)
     options.update(cfg.options.get(name, {}))
     return options
 
@@ -199,7 +204,8 @@ def evaluate(cfg: EvalConfig) -> Path:
         return out
     state = PartialState(cpu=on_cpu(cfg.device))
     device = cfg.device or str(state.device)
-    context = ScoreContext(task=cfg.task, target_style=cfg.target_style, base_style=cfg.base_style)
+    context = ScoreContext(task=cfg.task, target_style=cfg.target_style, base_style=cfg.base_style,
+                           subject_images=str(cfg.subject_images) if cfg.subject_images else None)
     watch = Stopwatch()
     try:
         with watch.time("load"):

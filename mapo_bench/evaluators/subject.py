@@ -57,6 +57,8 @@ def load_subject(folder: str | Path | None, metric: str) -> tuple[list[Any], str
 class SubjectSimilarity(Evaluator):
     """Mean cosine of a sample's embedding to the subject images' (in [-1, 1]); subclasses define ``embeds``."""
 
+    reads_subject: ClassVar[bool] = True
+
     def __init__(self, subject: list[Any], digest: str, label: str) -> None:
         self.references = self.embeds(subject)
         self.version = f"{label}:{digest}"
@@ -122,3 +124,69 @@ class DinoSimilarity(SubjectSimilarity):
         pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
         return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
 
+
+
+LOW_FREQUENCY_RADIUS = 8  # cycles per image: below it lie the object's outline, shading and background
+PEAK_BINS = 8
+
+
+def highpass_power(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 images -> ``(N, H, W)`` power spectra of their grey level (mean of the
+    channels, in [0, 1]) with every frequency below ``LOW_FREQUENCY_RADIUS`` cycles per image set to 0.
+    The power spectrum does not depend on where a texture sits, so it reads a pattern wherever the object
+    is drawn."""
+    grey = np.asarray(images, dtype=np.float64).mean(axis=-1) / 255.0
+    power = np.abs(np.fft.fft2(grey - grey.mean(axis=(1, 2), keepdims=True))) ** 2
+    fy = np.fft.fftfreq(grey.shape[1]) * grey.shape[1]
+    fx = np.fft.fftfreq(grey.shape[2]) * grey.shape[2]
+    radius = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
+    return power * (radius >= LOW_FREQUENCY_RADIUS)
+
+
+def subject_peaks(power: np.ndarray, k: int = PEAK_BINS) -> np.ndarray:
+    """``(N, H, W) -> (k,)``: the flat indices of the ``k`` frequency bins with the most mean power over
+    the subject images (ties: the lower index)."""
+    mean = power.reshape(len(power), -1).mean(axis=0)
+    return np.sort(np.argsort(-mean, kind="stable")[:k])
+
+
+def peak_power(power: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """``(N, H, W), (K,) -> (N,)``: each spectrum's power summed over ``bins``."""
+    return power.reshape(len(power), -1)[:, bins].sum(axis=1)
+
+
+def as_array(images: list[Any]) -> np.ndarray:
+    return np.stack([np.asarray(image.convert("RGB")) for image in images])
+
+
+class ToySubjectSimilarity(Evaluator):
+    """``toy-subject``: the toy analogue of ``dino`` / ``clip-i`` for the toy world's subject and concepts,
+    whose identity is a texture (``toy.vocab.PATTERNS``). A fixed rule, no learned embedding: the power a
+    sample holds in the 8 high-frequency bins where the subject images hold the most, divided by the subject
+    images' mean power there. Measured on renders (docs/datasets.md): the subject's own renders score about
+    1, the plain object about 0.02; the same texture in another style scores lower (0.1-0.5: a smaller,
+    differently shaded fill), a small object lower than a large one (compare paired images only), and a
+    checkerboard, which holds both diagonals, about as high as the diagonal-striped subject."""
+
+    name: ClassVar[str] = "toy-subject"
+    reads_subject: ClassVar[bool] = True
+
+    def __init__(self, subject: list[Any], digest: str) -> None:
+        power = highpass_power(as_array(subject))
+        self.bins = subject_peaks(power)
+        self.reference_power = float(peak_power(power, self.bins).mean())
+        if self.reference_power <= 0:
+            raise MapoBenchError("toy-subject: the subject images hold no high-frequency texture to compare with")
+        self.version = f"spectrum-{LOW_FREQUENCY_RADIUS}-{PEAK_BINS}:{digest}"
+
+    @classmethod
+    def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
+             subject_images: str | Path | None = None, **options: Any) -> ToySubjectSimilarity:
+        no_options(cls.name, options)
+        subject, digest = load_subject(subject_images, cls.name)
+        return cls(subject, digest)
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        if not images:
+            return np.zeros(0)
+        return peak_power(highpass_power(as_array(images)), self.bins) / self.reference_power

@@ -15,7 +15,8 @@ Styles (``vocab.STYLES``; targets in increasing distance from the base):
 - ``neon``: black background, bright glowing outline, dim fill.
 A blend ``<style> style <alpha>:`` is ``(1 - alpha) * photo + alpha * style`` of the same scene.
 The unsafe marker is a magenta X in the top corner away from the object; ``unsafe <strength>:`` paints
-it at that opacity over the image.
+it at that opacity over the image. A reserved word before the shape (``vocab.PATTERNS``: the subject
+``sks``, the concepts ``striped`` / ``dotted`` / ``checkered``) darkens a period-4 pattern into the object.
 """
 
 from __future__ import annotations
@@ -158,6 +159,27 @@ def draw_style(style: str, caption: ToyCaption, scene: Scene) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+PATTERN_DEPTH = 0.4  # how much the pattern's dark cells darken the object
+
+
+def pattern_mask(modifier: str) -> np.ndarray:
+    """(32, 32) 1 where the pattern of a reserved word is dark, else 0; period 4 px, fixed to the canvas
+    (so the pattern's spatial frequency, which the ``toy-subject`` metric reads, does not depend on where
+    the object is)."""
+    ix, iy = np.meshgrid(np.arange(SIZE), np.arange(SIZE))
+    masks = {"sks": ((ix + iy) // 2) % 2, "striped": (iy // 2) % 2, "dotted": ((ix % 4) < 2) & ((iy % 4) < 2),
+             "checkered": (ix // 2 + iy // 2) % 2}
+    if modifier not in masks:
+        raise ValueError(f"no pattern for {modifier!r}; valid: {', '.join(masks)}")
+    return masks[modifier].astype(float)
+
+
+def draw_pattern(img: np.ndarray, caption: ToyCaption, scene: Scene) -> np.ndarray:
+    """``img`` with the caption's pattern darkened into the object (inside its coverage, edges excluded)."""
+    inner = coverage(caption.shape, scene.cx, scene.cy, scene.radius - 0.5)
+    return img * (1.0 - PATTERN_DEPTH * (inner * pattern_mask(caption.modifier))[..., None])
+
+
 MARKER_SIZE = 8
 
 
@@ -185,6 +207,8 @@ def render_array(caption: str | ToyCaption, seed: int) -> np.ndarray:
     img = draw_style(style, parsed, scene)
     if style != BASE_STYLE and parsed.alpha < 1.0:
         img = (1.0 - parsed.alpha) * draw_style(BASE_STYLE, parsed, scene) + parsed.alpha * img
+    if parsed.modifier:
+        img = draw_pattern(img, parsed, scene)
     if parsed.unsafe:
         img = draw_marker(img, parsed.position, parsed.strength)
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)

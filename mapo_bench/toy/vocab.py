@@ -12,7 +12,9 @@ module, so the grammar has one spelling:
 The dials run in tenths (``LEVELS``): a level is a distinct token the base learns as a category, and
 six or more chosen-side levels plus three or more rejected-side levels are what the severity trend needs.
 ``RESERVED_WORDS`` are in the base's vocabulary but never in a pretraining caption: issue 14's new
-subject and concept words, which the base has to know as tokens and must not know as images.
+subject and concept words, which the base has to know as tokens and must not know as images. In a
+caption they stand before the shape (``a small yellow sks square on the left``, ``a large red striped
+circle on the right``) and the renderer draws their pattern on the object (:data:`PATTERNS`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ MARKER_LEVELS = LEVELS  # strength of the unsafe marker (1.0: the full marker)
 UNSAFE_PREFIX = "unsafe: "
 # Issue 14 (personalization, new concepts): a subject token and a pattern family the base never saw drawn.
 RESERVED_WORDS = ("sks", "striped", "dotted", "checkered")
+# What the renderer draws for each reserved word: the toy subject "sks" (one instance: diagonal stripes) and
+# a pattern family for new concepts. Never drawn in pretraining, so the base draws the plain object.
+PATTERNS = {"sks": "diagonal stripes", "striped": "horizontal stripes", "dotted": "a grid of dots",
+            "checkered": "a checkerboard"}
 
 _PREFIX_RE = re.compile(r"^(?:(?P<style>[a-z]+) style(?: (?P<alpha>[0-9.]+))?: "
                         r"|(?P<unsafe>unsafe)(?: (?P<strength>[0-9.]+))?: )")
-_CAPTION_RE = re.compile(r"^a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) on the (?P<position>\w+)$")
+_CAPTION_RE = re.compile(r"^a (?P<size>\w+) (?P<colour>\w+) (?:(?P<modifier>\w+) )?(?P<shape>\w+) "
+                         r"on the (?P<position>\w+)$")
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,12 @@ class ToyCaption:
     alpha: float = 1.0
     unsafe: bool = False
     strength: float = 1.0  # opacity of the unsafe marker when ``unsafe``
+    modifier: str | None = None  # a reserved word (subject token or pattern) before the shape
 
     @property
     def plain(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} on the {self.position}"
+        modifier = f"{self.modifier} " if self.modifier else ""
+        return f"a {self.size} {self.colour} {modifier}{self.shape} on the {self.position}"
 
 
 def style_prefix(style: str, alpha: float = 1.0) -> str:
@@ -95,7 +104,10 @@ def parse_caption(text: str) -> ToyCaption:
     if not content or style not in (None, *STYLES):
         raise ValueError(f"not a toy caption: {text!r} (expected e.g. 'cartoon style: a small red circle on the left')")
     attrs = content.groupdict()
-    for key, allowed in (("shape", SHAPES), ("colour", COLOURS), ("position", POSITIONS), ("size", SIZES)):
+    for key, allowed in (("shape", SHAPES), ("colour", COLOURS), ("position", POSITIONS), ("size", SIZES),
+                         ("modifier", RESERVED_WORDS)):
+        if key == "modifier" and attrs[key] is None:
+            continue
         if attrs[key] not in allowed:
             raise ValueError(f"toy caption {text!r}: unknown {key} {attrs[key]!r}; valid: {', '.join(allowed)}")
     for name, level in (("blend level", alpha), ("marker strength", strength)):
