@@ -67,8 +67,15 @@ def read_pairs(folder: Path, max_pairs: int | None) -> Any:
         if column not in available:
             raise MapoBenchError(f"{files[0]}: column {column!r} missing; is this a Pick-a-Pic layout dataset?")
     columns = [*PICKAPIC_COLUMNS, *(c for c in ("prompt_0", "prompt_1") if c in available)]
-    frame = pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
-    frame = frame[frame["label_0"].astype(float) != frame["label_1"].astype(float)].reset_index(drop=True)
+    parts, kept = [], 0
+    for file in files:  # shard by shard, stopping once max_pairs non-tie rows are in (Pick-a-Pic v2: ~1M rows)
+        part = pd.read_parquet(file, columns=columns)
+        part = part[part["label_0"].astype(float) != part["label_1"].astype(float)]
+        parts.append(part)
+        kept += len(part)
+        if max_pairs and kept >= max_pairs:
+            break
+    frame = pd.concat(parts, ignore_index=True)
     frame["chosen"] = (frame["label_1"].astype(float) > frame["label_0"].astype(float)).astype(int)
     return frame.iloc[:max_pairs] if max_pairs else frame
 

@@ -26,6 +26,8 @@ class DatasetSpec(StrictModel):
     task: str
     build: dict[str, Any] = Field(default_factory=dict, description="extra build-dataset keys")
     tune_from: str | None = Field(None, description="use the settings selected on this dataset (no grid here)")
+    path: str | None = Field(None, description="an existing pair dataset in the Pick-a-Pic v2 layout (a local folder "
+                                               "or parquet file, or a hub id for training) used as it is, not built")
     prompts: dict[Literal["validation", "test"], str] | None = Field(
         None, description="this dataset's own validation and test prompt sources (e.g. a subject's new contexts); "
                           "the base is then sampled on them for this dataset, instead of eval's prompts")
@@ -44,6 +46,17 @@ class DatasetSpec(StrictModel):
         if value is not None and set(value) != {"validation", "test"}:
             raise ValueError("prompts needs both validation and test sources, e.g. {validation: v.txt, test: t.txt}")
         return value
+
+    @model_validator(mode="after")
+    def _built_or_given(self) -> DatasetSpec:
+        given = TASKS.get(self.task).given
+        if given and self.path is None:
+            raise ValueError(f"dataset {self.name!r}: task {self.task} is not built; give its path (a local copy "
+                             "or a hub id)")
+        if self.path is not None and (not given or self.build):
+            raise ValueError(f"dataset {self.name!r}: a dataset with a path is used as it is: task pick-a-pic, "
+                             "no build keys")
+        return self
 
     def prompt_source(self, split: str, default: str) -> str:
         """This dataset's prompt source for ``split`` (the test prompts for the second sampler), else ``default``."""
@@ -90,6 +103,8 @@ class EvalSpec(StrictModel):
 
     validation_prompts: str
     test_prompts: str
+    prompts_help: str | None = Field(None, description="where to get prompt files the pipeline names (said when one "
+                                                       "is missing, before anything runs)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     metrics: list[str]
     preference_metric: dict[str, str] = Field(default_factory=dict, description="task -> metric")
@@ -130,6 +145,13 @@ class EvalSpec(StrictModel):
         return self
 
 
+class PublishedSpec(StrictModel):
+    """Published numbers to print beside the run's own (labelled as published, never mixed into statistics)."""
+
+    source: str = Field(description="where the numbers come from, e.g. 'MaPO paper, Pick-a-Pic v2 averages'")
+    scores: dict[str, dict[str, float]] = Field(description="model (base or a method) -> metric -> published mean")
+
+
 class RatingSpec(StrictModel):
     """What ``mapo-bench serve`` asks raters by default (its ``--pairs`` / ``--per-rater`` override it)."""
 
@@ -155,6 +177,14 @@ class PipelineSpec(StrictModel):
     eval: EvalSpec
     estimates_s: dict[str, float] = Field(default_factory=dict, description="seconds per job kind for --dry-run")
     rating: RatingSpec = Field(default_factory=RatingSpec, description="defaults of the rating page")
+    published: PublishedSpec | None = None
+
+    def prompt_files(self) -> list[tuple[str, str]]:
+        """(where named, source) of every prompt source that is a file path (not builtin:, toy:, hf://)."""
+        named = [("eval.validation_prompts", self.eval.validation_prompts), ("eval.test_prompts", self.eval.test_prompts)]
+        named += [(f"datasets.{d.name}.prompts.{split}", source) for d in self.datasets
+                  for split, source in (d.prompts or {}).items()]
+        return [(where, source) for where, source in named if not re.match(r"^(builtin|toy):|^hf://", source)]
 
     @field_validator("methods")
     @classmethod

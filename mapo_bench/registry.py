@@ -59,6 +59,8 @@ TASKS.add("pick-style", "mapo_bench.data.tasks:PickStyle", "chosen = style prefi
 TASKS.add("pick-safety", "mapo_bench.data.tasks:PickSafety", "chosen = plain prompt, rejected = 'Sexual, nudity, +19 image.' prefix")
 TASKS.add("from-images", "mapo_bench.data.from_images:FromImages", "chosen = your images (--images DIR, --token, --class), rejected = the reference's samples of their captions")
 TASKS.add("class-images", "mapo_bench.data.from_images:ClassImages", "DreamBooth's class images: two reference samples of 'a photo of {class}' per row, no preference")
+TASKS.add("scored-pairs", "mapo_bench.data.scored_pairs:ScoredPairs", "general preference: two reference samples per prompt, labelled by a judge metric (toy-preference, pickscore)")
+TASKS.add("pick-a-pic", "mapo_bench.data.tasks:PickAPic", "general preference on people's votes: Pick-a-Pic v2 or its layout, used as it is (a pipeline dataset path), not built")
 TASKS.add("custom", "mapo_bench.data.tasks:CustomTask", "your own --chosen-prefix / --rejected-prefix")
 
 BACKENDS = Registry("backend")
@@ -96,6 +98,7 @@ EVALUATORS.add("nsfw", "mapo_bench.evaluators.nsfw:NSFWScore", "SD safety checke
 EVALUATORS.add("toy-style", "mapo_bench.evaluators.toy:ToyStyle", "toy: probability of the target style")
 EVALUATORS.add("toy-content", "mapo_bench.evaluators.toy:ToyContent", "toy: probability of right shape, colour, position")
 EVALUATORS.add("toy-safety", "mapo_bench.evaluators.toy:ToySafety", "toy: probability of no unsafe marker")
+EVALUATORS.add("toy-preference", "mapo_bench.evaluators.toy:ToyPreference", "toy: the stand-in rater, toy-content x toy-safety")
 
 TIE_POLICIES = ("drop", "half", "random")
 

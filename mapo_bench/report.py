@@ -38,7 +38,8 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     for block in results["trend"].values():
         p = block["primary"]
-        kind = {"chosen": "Pick-Style-like", "rejected": "Pick-Safety-like"}[p["side"]]
+        tasks = sorted({sev["task"] for sev in results["severity"].values() if sev["prefixed_side"] == p["side"]})
+        kind = ", ".join(tasks) or {"chosen": "Pick-Style-like", "rejected": "Pick-Safety-like"}[p["side"]]
         head = (f"**{p['side'].capitalize()}-side mismatch** ({kind} datasets, {p['n_levels']} level(s), x = "
                 f"`{p['severity_measure']}`): the MaPO - Diffusion-DPO advantage on `{p['metric']}` "
                 f"{VERDICT_TEXT[p['verdict']]} with severity")
@@ -101,13 +102,34 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
 
 
 def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
-    """The headline's comparisons (MaPO vs DPO, then each method vs the base) and, per dataset, its severity
+    """The headline's comparisons (MaPO vs DPO and vs each other method, then each method vs the base) and, per
+    dataset, its severity
     record and the test-prompt, tuned-view preference row of each comparison (None: a failed cell)."""
     methods = list(results["config"]["methods"])
-    comparisons = [f"{a} vs {b}" for a, b in (("mapo", "dpo"), *((m, "base") for m in methods))
+    others = [("mapo", m) for m in methods if m not in ("mapo", "dpo")]  # e.g. MaPO vs DreamBooth on a subject
+    comparisons = [f"{a} vs {b}" for a, b in (("mapo", "dpo"), *others, *((m, "base") for m in methods))
                    if a in methods and (b in methods or b == "base")]
     return comparisons, [(name, sev, {c: find_row(results, name, c) for c in comparisons})
                          for name, sev in results["severity"].items()]
+
+
+def published_table(results: dict[str, Any]) -> list[str]:
+    """Our mean test scores (tuned view, 95% CI) beside the pipeline's published numbers, per dataset: read
+    side by side, never compared statistically (other prompts, samplers and seeds)."""
+    published = results["config"].get("published")
+    if not published:
+        return []
+    lines = ["## Beside the published numbers", "",
+             f"Published: {published['source']} (not measured here: other prompts, samplers and seeds). Ours: mean "
+             "test score, tuned view, 95% CI.", "", "| dataset | model | metric | ours | published |", "|---|---|---|---|---|"]
+    for name in results["severity"]:
+        for model, scores in published["scores"].items():
+            for metric, value in scores.items():
+                row = next((r for r in results["mean_scores"] if (r["dataset"], r["view"], r["model"], r["metric"])
+                            == (name, "tuned", model, metric)), None)
+                ours = fmt_ci(row["mean"], row["ci_low"], row["ci_high"], 3, signed=False) if row else "not in this run"
+                lines.append(f"| {name} | {model} | {metric} | {ours} | {value:g} (published) |")
+    return [*lines, ""]
 
 
 def headline_table(results: dict[str, Any]) -> list[str]:
@@ -138,6 +160,7 @@ def render_markdown(results: dict[str, Any]) -> str:
              "## Headline effects (test prompts, tuned settings)", "",
              "Advantage = mean score gap signed so that positive favours the first model (metric units), 95% CI; "
              "win rate after it (ties within the recorded margin count half).", "", *headline_table(results), "",
+             *published_table(results),
              "## Severity (measured against the reference)", "",
              "| dataset | prefixed side | " + " | ".join(SEVERITY_COLUMNS) + " |", "|---|---|" + "---|" * len(SEVERITY_COLUMNS)]
     for name, sev in results["severity"].items():
@@ -370,8 +393,22 @@ def write_report(run_dir: Path) -> Path:
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_markers(pipeline: str, text: str) -> tuple[str, str]:
+    """The README section a run is published into: ``<!-- results:NAME:start -->`` ... ``:end -->`` when the
+    README has that pipeline's markers, else the headline experiment's ``<!-- results:start -->`` pair."""
+    named = (f"<!-- results:{pipeline}:start -->", f"<!-- results:{pipeline}:end -->")
+    return named if named[0] in text and named[1] in text else (README_START, README_END)
 PLOT_FILE = "severity_vs_effect.png"
 HTML_FILE = "index.html"
+
+
+def has_trend(results: dict[str, Any]) -> bool:
+    """Whether some side has the levels a trend needs (else the severity plot shows nothing to read)."""
+    from mapo_bench.trend import MIN_LEVELS
+
+    return any(block["primary"]["n_levels"] >= MIN_LEVELS for block in results["trend"].values())
 
 
 def headline_markdown(results: dict[str, Any], figure: str) -> str:
@@ -379,9 +416,11 @@ def headline_markdown(results: dict[str, Any], figure: str) -> str:
     folder = Path(figure).parent.as_posix()
     lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` (versions and config in "
              f"[results.json]({folder}/results.json); every table in [table.md]({folder}/table.md)). {results['note']}",
-             "", *base_note(results), *answer_lines(results), "", f"![severity vs effect]({figure})", "",
+             "", *base_note(results), *answer_lines(results), "",
+             *([f"![severity vs effect]({figure})", ""] if has_trend(results) else []),
              "Advantage = mean preference-score gap (metric units; positive favours the first model) with its 95% CI; "
-             "the win rate follows in brackets.", "", *headline_table(results)]
+             "the win rate follows in brackets.", "", *headline_table(results),
+             *(["", *published_table(results)] if results["config"].get("published") else [])]
     return "\n".join(lines)
 
 
@@ -401,11 +440,12 @@ def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
         shutil.copy2(path, dest / path.name)
     if readme is not None:
         text = readme.read_text()
-        if README_START not in text or README_END not in text:
-            raise MapoBenchError(f"{readme}: add the markers {README_START} and {README_END} where the results go")
         results = read_json(dest / "results.json")
+        start, end = readme_markers(results["pipeline"], text)
+        if start not in text or end not in text:
+            raise MapoBenchError(f"{readme}: add the markers {start} and {end} where the results go")
         figure = Path(os.path.relpath((dest / PLOT_FILE).resolve(), readme.resolve().parent)).as_posix()
-        head, rest = text.split(README_START, 1)
-        tail = rest.split(README_END, 1)[1]
-        write_text_atomic(readme, f"{head}{README_START}\n{headline_markdown(results, figure)}\n{README_END}{tail}")
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        write_text_atomic(readme, f"{head}{start}\n{headline_markdown(results, figure)}\n{end}{tail}")
     return dest

@@ -14,6 +14,7 @@ matches its config is skipped, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,13 @@ class Runner:
         return config_hash({"config": config, "base": self.base})
 
     # -- paths ---------------------------------------------------------------------------------
+    def dataset_source(self, d: DatasetSpec) -> str:
+        """What stages read as the dataset: a given dataset's path, else the folder the run builds."""
+        return d.path if d.path is not None else str(self.dataset_dir(d))
+
+    def build_deps(self, d: DatasetSpec) -> list[str]:
+        return [] if d.path is not None else [f"build:{d.name}"]
+
     def dataset_dir(self, d: DatasetSpec) -> Path:
         return self.run_dir / "datasets" / d.name
 
@@ -155,9 +163,9 @@ class Runner:
         for key, value in {**spec.overrides, **values}.items():
             set_path(config, key, value)
         out = self.model_dir(d.name, method, name, seed)
-        config.update({**self._common(), "method": method, "dataset": str(self.dataset_dir(d)), "out": str(out),
+        config.update({**self._common(), "method": method, "dataset": self.dataset_source(d), "out": str(out),
                        "seed": seed})
-        deps = [f"build:{d.name}"]
+        deps = self.build_deps(d)
         entry = METHODS.get(method)
         if entry.uses_prior and d.class_images is not None:  # the method's second stream: this dataset's class images
             set_path(config, f"{method}.{entry.prior_option}", str(self.class_images_dir(d)))
@@ -201,17 +209,18 @@ class Runner:
     def phase1(self) -> list[Job]:
         jobs: list[Job] = []
         for d in self.spec.datasets:
-            build = {**self._common(), "task": d.task, **d.build, "out": str(self.dataset_dir(d))}
-            jobs.append(Job(f"build:{d.name}", "build", build, self.dataset_dir(d), [], {"dataset": d.name}))
+            if d.path is None:
+                build = {**self._common(), "task": d.task, **d.build, "out": str(self.dataset_dir(d))}
+                jobs.append(Job(f"build:{d.name}", "build", build, self.dataset_dir(d), [], {"dataset": d.name}))
             if d.class_images is not None:
                 classes = {**self._common(), "task": "class-images", **d.class_images, "out": str(self.class_images_dir(d))}
                 jobs.append(Job(f"build:{d.name}.class-images", "build", classes, self.class_images_dir(d), [],
                                 {"dataset": d.name}))
-            severity = {**self._common(), **self.spec.mismatch, "dataset": str(self.dataset_dir(d)),
+            severity = {**self._common(), **self.spec.mismatch, "dataset": self.dataset_source(d),
                         "out": str(self.dataset_dir(d) / "severity.json")}
             severity["reference"] = severity.pop("model", None)
             jobs.append(Job(f"mismatch:{d.name}", "mismatch", severity, self.dataset_dir(d) / "severity.json",
-                            [f"build:{d.name}"], {"dataset": d.name}))
+                            self.build_deps(d), {"dataset": d.name}))
         jobs += self.base_jobs("validation")
         for d in self.spec.datasets:
             if d.tune_from is not None:
@@ -578,10 +587,15 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
     """Plan and run a pipeline; returns the report folder (None for --dry-run, --emit-commands, --job)."""
     run_dir = Path(out) if out else Path("runs") / spec.name
     runner = Runner(spec, run_dir, pipeline_path)
+    missing = missing_prompt_files(spec)
+    if missing and not dry_run:
+        raise MapoBenchError(missing[0])
     jobs = runner.phase1()
     _validate_jobs(jobs)
     if dry_run:
         print(describe_plan(runner, jobs, sum(_phase2_counts(runner).values())))
+        for line in missing:
+            print(f"before running: {line}")
         return None
     # One full runner per run folder; single jobs (--job) share the folder with each other, one per job.
     exclusive = job is None and not emit_commands
@@ -661,6 +675,17 @@ def run_single_job(runner: Runner, jobs: list[Job], job_id: str) -> None:
             return
         runner._finish(job, run_job(job.verb, str(runner.prepare(job))))
     wait_for_everyone()
+
+
+def missing_prompt_files(spec: PipelineSpec) -> list[str]:
+    """One line per prompt file the pipeline names but the machine lacks, saying where to get it."""
+    lines = []
+    for where, source in spec.prompt_files():
+        path = Path(source.rsplit(":", 1)[0] if re.search(r"\.(csv|jsonl|parquet):\w+$", source) else source)
+        if not path.is_file():
+            lines.append(f"{source}: prompt file not found ({where})"
+                         + (f"; {spec.eval.prompts_help}" if spec.eval.prompts_help else ""))
+    return lines
 
 
 def _validate_jobs(jobs: list[Job]) -> None:

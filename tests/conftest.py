@@ -73,6 +73,14 @@ def tiny_clip(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory):
+    """A tiny random toy base (with its classifier) in hub layout, shared by the tests of one session."""
+    from mapo_bench.toy.tiny import build_tiny_toy
+
+    return build_tiny_toy(tmp_path_factory.mktemp("toy") / "base")
+
+
+@pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """The full tiny toy pipeline (``tests/tiny_pipeline.py``) run twice, each in an empty folder: the
     runner's reproducibility test and the report-page browser tests read these runs."""

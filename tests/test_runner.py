@@ -78,13 +78,6 @@ def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
     assert config["task"] == spec.datasets[0].task
 
 
-@pytest.fixture(scope="module")
-def tiny_toy(tmp_path_factory):
-    from mapo_bench.toy.tiny import build_tiny_toy
-
-    return build_tiny_toy(tmp_path_factory.mktemp("toy") / "base")
-
-
 def test_a_run_reproduces_in_an_empty_folder(tiny_runs):
     """Two runs of one pipeline in two empty folders: results.json equal in every field but timings and
     package versions (same machine, same thread count)."""

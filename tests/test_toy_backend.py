@@ -16,13 +16,6 @@ FAST = SamplerConfig(steps=2, guidance=2.0)
 
 
 @pytest.fixture(scope="module")
-def tiny_toy(tmp_path_factory):
-    from mapo_bench.toy.tiny import build_tiny_toy
-
-    return build_tiny_toy(tmp_path_factory.mktemp("toy") / "base")
-
-
-@pytest.fixture(scope="module")
 def backend(tiny_toy):
     from mapo_bench.backends.toy import ToyBackend
 

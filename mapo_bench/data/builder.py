@@ -257,8 +257,9 @@ def generate_batch(generate: ImageSource, task: Task, batch: list[PairSpec], ima
                           seeds + [task.side_seeds(seed)[1] for seed in seeds])
     if len(images) != 2 * n:
         raise RuntimeError(f"generator returned {len(images)} images for {2 * n} prompts")
+    labels = task.label_pairs([spec.caption for spec in batch], images[:n], images[n:]) or [task.labels] * n
     return [pair_row(spec, pairs[i], (images[i], images[n + i]), image_format, model_id, task.label, sampler_json,
-                     task.labels) for i, spec in enumerate(batch)]
+                     labels[i]) for i, spec in enumerate(batch)]
 
 
 def build_shard(out: Path, index: int, shard: list[PairSpec], cfg: BuildConfig, generate: ImageSource, task: Task,
@@ -331,6 +332,9 @@ def build_dataset(cfg: BuildConfig) -> Path:
     rank, world, main = state.process_index, state.num_processes, state.is_main_process
     out = Path(cfg.out or cfg.default_out())
     task = task_from_config(cfg)
+    if task.given:
+        raise MapoBenchError(f"task {task.name} is not built: train on the dataset as it is (--dataset "
+                             "yuvalkirstain/pickapic_v2, or a local copy), or give a pipeline dataset its path")
     chash = cfg.config_hash()
     content = task.content_digest()  # files named only by path: their content is part of the identity
     if content is not None:

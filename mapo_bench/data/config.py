@@ -57,6 +57,11 @@ class BuildConfig(StrictModel):
     image_source: str | None = Field(None, description="from-images: where the images came from (for the card)")
     image_license: str | None = Field(None, description="from-images: their licence as given by the user")
     min_images: int = Field(3, ge=1, description="from-images: fewer usable images is an error")
+    judge: str | None = Field(None, description="scored-pairs: the metric that labels each pair (None: toy-preference "
+                                                "on the toy world, else pickscore)")
+    judge_tie_margin: float = Field(0.0, ge=0.0, description="scored-pairs: score gaps up to this are ties (0.5 / 0.5)")
+    judge_options: dict[str, Any] = Field(default_factory=dict, description="scored-pairs: load options of the "
+                                          "judge (e.g. model: a local weights folder)")
     shard_size: int = Field(100, ge=1, description="pairs per parquet shard")
     out: Path | None = None
     overwrite: bool = False

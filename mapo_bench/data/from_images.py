@@ -145,10 +145,7 @@ class ClassImages(Task):
                 for t, template in enumerate(self.caption_templates)]
 
     def side_seeds(self, seed: int) -> tuple[int, int]:
-        """Two different samples per row: the second image's seed is drawn from the row's seed."""
-        import numpy as np
-
-        return seed, int(np.random.SeedSequence([seed, 0xC1A55]).generate_state(1, dtype=np.uint32)[0])
+        return two_seeds(seed)
 
     def card(self) -> CardInfo:
         return CardInfo(
@@ -161,3 +158,10 @@ class ClassImages(Task):
 
 
 CLASS_TEMPLATES = ("a photo of {class}",)
+
+
+def two_seeds(seed: int) -> tuple[int, int]:
+    """Two different samples per row: the second image's seed is drawn from the row's seed."""
+    import numpy as np
+
+    return seed, int(np.random.SeedSequence([seed, 0xC1A55]).generate_state(1, dtype=np.uint32)[0])

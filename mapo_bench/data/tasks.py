@@ -89,6 +89,8 @@ class Task:
     def templates(self) -> tuple[str, str]:
         return self.prompts("{prompt}")
 
+    # A dataset that exists already (Pick-a-Pic v2): used as it is, never built.
+    given: ClassVar[bool] = False
     # Hooks of tasks whose chosen images are given rather than generated (from-images); None: not such a task.
     gives_chosen: ClassVar[bool] = False
     labels: ClassVar[tuple[float, float]] = (1.0, 0.0)  # (chosen, rejected) label values of a row
@@ -99,6 +101,10 @@ class Task:
 
     def records(self) -> list[tuple[int, str]] | None:
         """(prompt id, caption) of every caption, when the task makes its own instead of a prompt source."""
+        return None
+
+    def label_pairs(self, captions: list[str], first: list[Any], second: list[Any]) -> list[tuple[float, float]] | None:
+        """Per-pair (first, second) labels when the task judges its generated images; None: ``labels``."""
         return None
 
     def given_chosen(self, prompt_ids: list[int], size: tuple[int, int]) -> list[Any] | None:
@@ -193,6 +199,24 @@ class PickSafety(Task):
                      "rejected images are far from what the reference makes for the plain caption "
                      "(reference-rejected mismatch)."),
             chosen_template=chosen, rejected_template=rejected, tags=tags, content_warning=warning)
+
+
+@dataclass
+class PickAPic(Task):
+    """General preference on people's votes (Pick-a-Pic v2, ``yuvalkirstain/pickapic_v2``, or any dataset in
+    its column layout): not built here, read as it is by the trainer (``--dataset`` a hub id or a local copy).
+    Both images come from models like the reference, so the mismatch is mild (the paper's low end)."""
+
+    name: ClassVar[str] = "pick-a-pic"
+    given: ClassVar[bool] = True
+
+    def prefixes(self) -> tuple[str | None, str | None]:
+        return None, None
+
+    def card(self) -> CardInfo:
+        return CardInfo(title="Pick-a-Pic v2 layout pairs (given)", summary="Pairs judged by people; not built by "
+                        "mapo-bench.", chosen_template="{prompt}", rejected_template="{prompt}",
+                        tags=("preference", "general-preference"))
 
 
 _TOY_STYLE_RE = re.compile(r"^\s*(?P<style>[a-z]+) style(?: [0-9.]+)?:\s*$")

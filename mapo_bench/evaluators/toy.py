@@ -96,3 +96,15 @@ class ToySafety(_ToyEvaluator):
         if not images:
             return np.zeros(0, dtype=np.float64)
         return self.probabilities(images)["unsafe"][:, 0].astype(np.float64)
+
+
+class ToyPreference(_ToyEvaluator):
+    """The toy world's stand-in for a human rater (general preference, Pick-a-Pic's setting): a fixed rule,
+    ``toy-content * toy-safety``, i.e. the probability that the image draws what the caption asks for and
+    carries no unsafe marker. ``scored-pairs`` labels its pairs with it, as Pick-a-Pic's are labelled by people."""
+
+    name: ClassVar[str] = "toy-preference"
+
+    def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
+        content = ToyContent(self.classifier, self.folder).score(images, prompts, context)
+        return content * ToySafety(self.classifier, self.folder).score(images, prompts, context)
