@@ -108,3 +108,30 @@ def test_a_long_training_run_killed_five_times_ends_with_the_same_weights(world,
         assert cli(args(tmp_path / "killed"), "train:after-step@25").returncode == -9
     assert cli(args(tmp_path / "killed")).returncode == 0
     assert record("train", tmp_path / "killed") == record("train", tmp_path / "whole")
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(world, tmp_path):
+    """Seven steps, checkpoints at 2, 4 (kept: keep_last 2) and 6, killed inside the third; then one byte of
+    step 4's weights is flipped. The resume says so, falls back to step 2 and ends with the weights of an
+    uninterrupted run. A damaged checkpoint named explicitly is a one-line refusal instead."""
+    base, root, run = world
+
+    def args(out, *extra):
+        return [*run["train"](out)[:-2], "max_steps=7", "checkpoint_every=2", "keep_last=2", *extra, "--out", str(out)]
+
+    assert cli(args(tmp_path / "whole")).returncode == 0
+    out = tmp_path / "killed"
+    assert cli(args(out), "train:inside-checkpoint@3").returncode == -9
+    step4 = tmp_path / "killed.partial" / "checkpoints" / "step-00000004"  # an unfinished run's work folder
+    weights = step4 / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    explicit = cli(args(out, f"resume={step4}"))
+    assert explicit.returncode == 2 and "damaged checkpoint" in explicit.stderr
+    assert len([line for line in explicit.stderr.splitlines() if line.strip()]) == 1
+    resumed = cli(args(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "checkpoint step-00000004 is damaged" in resumed.stderr and "falling back" in resumed.stderr
+    assert "resuming from" in resumed.stderr and "step-00000002" in resumed.stderr
+    assert record("train", out) == record("train", tmp_path / "whole")

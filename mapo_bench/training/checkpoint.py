@@ -3,7 +3,9 @@
 A checkpoint folder ``checkpoints/step-00000010/`` holds the trainable weights (safetensors), the
 optimizer and lr-scheduler state, every generator state and the data position, and the hash of the
 settings that decide the result. Each is written to a temp folder and renamed, so a checkpoint that
-exists is complete; only the last ``keep_last`` are kept.
+exists is complete; only the last ``keep_last`` are kept. ``state.json`` (written last) records the size and
+SHA-256 of the other files, so a checkpoint damaged afterwards (a flipped bit, a truncated copy) is found
+before it is loaded, and ``--resume latest`` falls back to the newest intact one, saying so.
 """
 
 from __future__ import annotations
@@ -37,6 +39,34 @@ def latest_checkpoint(work: Path) -> Path | None:
     return found[-1] if found else None
 
 
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "generators.safetensors")
+
+
+def checkpoint_problems(path: Path) -> list[str]:
+    """One line per damage found in checkpoint ``path``: an unreadable state.json, or a file whose size or
+    SHA-256 differs from what state.json recorded (checkpoints from before the record: only presence)."""
+    from mapo_bench.integrity import file_problems
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{path / 'state.json'}: unreadable ({exc.__class__.__name__})"]
+    files = state.get("files") or {name: None for name in CHECKPOINT_FILES}
+    missing = [f"{path / name}: missing" for name, record in files.items() if record is None and not (path / name).is_file()]
+    return missing + file_problems(path, {k: v for k, v in files.items() if v is not None}, path / "state.json")
+
+
+def latest_intact_checkpoint(work: Path, say: Any = print) -> Path | None:
+    """The newest checkpoint without damage; each damaged one skipped is reported through ``say``."""
+    for path in reversed(list_checkpoints(work)):
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        say(f"checkpoint {path.name} is damaged ({problems[0]}); falling back to the one before it")
+    return None
+
+
 def trainable_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (all of them for a full fine-tune, the LoRA matrices otherwise)."""
     return {name: p.detach().cpu().contiguous() for name, p in denoiser.named_parameters() if p.requires_grad}
@@ -47,13 +77,16 @@ def save_checkpoint(work: Path, step: int, *, denoiser: torch.nn.Module, optimiz
     """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep_last``."""
     from safetensors.torch import save_file
 
+    from mapo_bench.integrity import file_records
+
     final = Path(work) / CHECKPOINTS / checkpoint_name(step)
     with atomic_dir(final, overwrite=True) as tmp:
         save_file(trainable_state(denoiser), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         faults.point("train:inside-checkpoint")
         save_file({name: s.contiguous() for name, s in generator_states.items()}, str(tmp / "generators.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        files = file_records(tmp, [tmp / name for name in CHECKPOINT_FILES])
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=2))
     for old in list_checkpoints(work)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -415,7 +415,11 @@ class Trainer:
         self.step = int(state["step"])
 
     def _resume_point(self, work: Path) -> Path | None:
-        from mapo_bench.training.checkpoint import latest_checkpoint, list_checkpoints
+        from mapo_bench.training.checkpoint import (
+            checkpoint_problems,
+            latest_intact_checkpoint,
+            list_checkpoints,
+        )
 
         resume = self.cfg.resume
         if resume is None or self.cfg.overwrite:
@@ -423,7 +427,14 @@ class Trainer:
                 _console_print(f"[yellow]starting over: discarding the checkpoints in {work}[/yellow]", self.accelerator)
             return None
         if resume == "latest":
-            return latest_checkpoint(work)
+            found = latest_intact_checkpoint(work, lambda line: _console_print(f"[yellow]{line}[/yellow]", self.accelerator))
+            if found is None and list_checkpoints(work):
+                _console_print("[yellow]no intact checkpoint left: starting over[/yellow]", self.accelerator)
+            return found
+        problems = checkpoint_problems(Path(resume))
+        if problems and (Path(resume) / "state.json").is_file():
+            raise MapoBenchError(f"{resume}: damaged checkpoint ({problems[0]}); pass --resume latest to fall back "
+                                 "to the newest intact one")
         return Path(resume)
 
     # -- the run ------------------------------------------------------------------------------------
