@@ -549,6 +549,17 @@ def cache_clear(
 INTERRUPTED = "interrupted; outputs written so far are complete and the stage resumes on the next run"
 
 
+WRITES = (("/data/", "a dataset shard"), ("/checkpoints/", "a training checkpoint"), ("/images/", "sample images"),
+          ("scores.parquet", "a scores file"), ("/report/", "the report"), ("/.report.", "the report"))
+
+
+def disk_full_line(path: str | None) -> str:
+    """A full disk in one line: where, what was being written, and that rerunning resumes."""
+    what = next((name for marker, name in WRITES if path and marker in path), "an output")
+    return (f"no space left on device while writing {what} ({path or 'path unknown'}); nothing unfinished was "
+            "kept as done: free space and run the same command again to resume")
+
+
 def main() -> None:
     """Console entry point: one line and a non-zero exit code for user errors, no stack trace."""
     from mapo_bench.errors import MapoBenchError
@@ -561,6 +572,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: {disk_full_line(exc.filename)}", err=True)
+        sys.exit(1)
     except SystemExit as exc:  # typer turns Ctrl-C inside a command into a silent exit 130
         if exc.code == 130:
             typer.echo(INTERRUPTED, err=True)

@@ -1,8 +1,10 @@
-"""Fault injection (issue 15): named points where a test can SIGKILL a stage deterministically.
+"""Fault injection (issue 15): named points where a test can SIGKILL a stage, or fill its disk, deterministically.
 
 ``MAPO_BENCH_FAULT=<stage>:<point>`` (or ``...@N``: at the N-th time the point is reached) makes
 :func:`point` kill its process group with SIGKILL there (only the process itself when it does not lead a
-group, so a test harness in the same group survives). Unset, :func:`point` costs one dictionary lookup.
+group, so a test harness in the same group survives). ``<stage>:<point>!enospc[@N]`` raises the error a
+full disk raises instead (``OSError(ENOSPC)`` naming the file being written), which the command reports in
+one line. Unset, :func:`point` costs one dictionary lookup.
 The points (``POINTS``) sit just before or after the writes a crash could tear: inside a checkpoint write,
 between a shard's pieces and its rename, between the last image and the index, before an output folder's
 rename.
@@ -10,8 +12,10 @@ rename.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+from pathlib import Path
 
 ENV_VAR = "MAPO_BENCH_FAULT"
 POINTS = (
@@ -20,20 +24,26 @@ POINTS = (
     "sample:after-batch", "sample:before-index",
     "eval:before-rename",
     "mismatch:before-write",
+    "report:before-rename",
 )
 _reached: dict[str, int] = {}
 
 
-def point(name: str) -> None:
-    """Die here with SIGKILL if ``$MAPO_BENCH_FAULT`` names this point (and this is its N-th visit)."""
+def point(name: str, writing: str | Path | None = None) -> None:
+    """Die here with SIGKILL if ``$MAPO_BENCH_FAULT`` names this point (and this is its N-th visit), or raise a
+    full disk's error for ``writing`` (what the stage is writing at this point) if it names it with ``!enospc``."""
     spec = os.environ.get(ENV_VAR)
     if not spec:
         return
     target, _, nth = spec.partition("@")
+    target, _, kind = target.partition("!")
     if target != name:
         return
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == int(nth or 1):
+        if kind == "enospc":
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})",
+                          str(writing) if writing is not None else None)
         if os.getpgrp() == os.getpid():
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -115,7 +115,7 @@ class EvalSpec(StrictModel):
     # i.e. images like the chosen ones the data asks for (the base itself where the chosen side is the
     # plain prompt); "base": the base on plain prompts; "lower": whichever of the two has the lower mean
     # fidelity on those prompts, so that both a model that learns the chosen images faithfully and one that
-    # does not move at all pass, and only a loss of content below both fails (docs/protocol.md).
+    # does not move at all pass, and only a loss of content below both fails (docs/toy.md).
     fidelity_reference: Literal["target", "base", "lower"] = "target"
     fidelity_margin: float = Field(0.05, ge=0.0)
     # Win rates count |a - b| <= margin as a tie, per metric (0: exact ties only, as REFERENCE 5); recorded.

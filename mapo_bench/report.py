@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mapo_bench import faults
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.results import UNADJUSTED_NOTE, build_results
@@ -374,21 +375,27 @@ def write_report(run_dir: Path) -> Path:
         raise MapoBenchError(f"{run_dir}: not a run folder of `mapo-bench run` (pipeline.json missing)")
     out = run_dir / "report"
     results = build_results(run_dir)
-    write_json_atomic(out / "results.json", results)
-    results = read_json(out / "results.json")  # render from what is on disk
-    write_text_atomic(out / "table.md", render_markdown(results))
-    write_text_atomic(out / "table.csv", render_csv(results))
-    plot_severity(results, out / PLOT_FILE)
-    for d in results["severity"]:
-        sample_grid(run_dir, results, d, out / f"grid_{d}.png")
+    from mapo_bench.integrity import file_records, sealed
+    from mapo_bench.io import atomic_dir
     from mapo_bench.report_html import render_html
 
-    write_text_atomic(out / HTML_FILE, render_html(run_dir, results))
-    from mapo_bench.integrity import write_manifest
-
-    recorded = [p for p in out.iterdir() if p.is_file() and p.name != "manifest.json"]
-    recorded += [p for p in (run_dir / "pipeline.json", run_dir / "selection.json") if p.is_file()]
-    write_manifest(out / "manifest.json", {"stage": "report", "files_root": ".."}, run_dir, recorded)
+    # Written beside report/ and renamed over it at the end, so a failed write (a full disk) leaves the
+    # previous report, or none, never a part of one; the temp folder sits in the run folder, so the page's
+    # relative image links are the same there.
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_json_atomic(tmp / "results.json", results)
+        results = read_json(tmp / "results.json")  # render from what is on disk
+        write_text_atomic(tmp / "table.md", render_markdown(results))
+        write_text_atomic(tmp / "table.csv", render_csv(results))
+        plot_severity(results, tmp / PLOT_FILE)
+        for d in results["severity"]:
+            sample_grid(run_dir, results, d, tmp / f"grid_{d}.png")
+        write_text_atomic(tmp / HTML_FILE, render_html(run_dir, results, written=tmp))
+        faults.point("report:before-rename", out / "results.json")
+        files = {f"{out.name}/{k}": v for k, v in file_records(tmp).items()}
+        files.update(file_records(run_dir, [p for p in (run_dir / "pipeline.json", run_dir / "selection.json")
+                                             if p.is_file()]))
+        write_json_atomic(tmp / "manifest.json", sealed({"stage": "report", "files_root": "..", "files": files}))
     return out
 
 

@@ -92,8 +92,9 @@ def data_cards(run_dir: Path, results: dict[str, Any]) -> dict[str, str]:
     return cards
 
 
-def render_html(run_dir: Path, results: dict[str, Any]) -> str:
-    """The page's HTML (every number from ``results``; the tables share the markdown report's formatting)."""
+def render_html(run_dir: Path, results: dict[str, Any], written: Path | None = None) -> str:
+    """The page's HTML (every number from ``results``; the tables share the markdown report's formatting).
+    ``written``: the folder the report files are being written to (default ``report/``)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from mapo_bench.report import PLOT_FILE, answer_lines, base_note, fmt_ci, headline_rows
@@ -106,7 +107,7 @@ def render_html(run_dir: Path, results: dict[str, Any]) -> str:
     comparisons, headline = headline_rows(results)
     return env.get_template(TEMPLATE).render(
         r=results, answer=answer_lines(results), base_note=base_note(results), plot=PLOT_FILE,
-        plot_exists=(run_dir / "report" / PLOT_FILE).is_file(), comparisons=comparisons, headline=headline,
+        plot_exists=((written or run_dir / "report") / PLOT_FILE).is_file(), comparisons=comparisons, headline=headline,
         galleries=galleries, cards=data_cards(run_dir, results),
         trend_rows=[(side, label, t) for side, block in results["trend"].items()
                     for label, t in [("primary: mapo vs dpo", block["primary"]), *block["secondary"].items()]])

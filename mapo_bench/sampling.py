@@ -197,7 +197,7 @@ def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out:
             for (pid, _, seed), image in zip(batch, images, strict=True):
                 write_png_atomic(out / image_file(pid, seed), image)
             progress.advance(task, len(batch))
-            faults.point("sample:after-batch")
+            faults.point("sample:after-batch", out / image_file(*batch[-1][::2]))
 
 
 def _write_index(cfg: SampleConfig, items: list[tuple[int, str, int]], out: Path) -> None:

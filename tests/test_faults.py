@@ -135,3 +135,41 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(world, tmp_path):
     assert "checkpoint step-00000004 is damaged" in resumed.stderr and "falling back" in resumed.stderr
     assert "resuming from" in resumed.stderr and "step-00000002" in resumed.stderr
     assert record("train", out) == record("train", tmp_path / "whole")
+
+
+DISK_FULL = {"build:before-shard-rename": "a dataset shard", "train:inside-checkpoint": "a training checkpoint",
+             "sample:after-batch": "sample images", "eval:before-rename": "a scores file"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p == "train:inside-checkpoint" else pytest.mark.slow)
+                                  for p in sorted(DISK_FULL)])
+def test_a_full_disk_is_one_line_and_the_rerun_finishes_identically(world, tmp_path, name):
+    """ENOSPC injected where each stage writes its outputs of record: one line naming what and where, exit 1,
+    no manifest (nothing that looks done), and the rerun after "freeing space" ends identical."""
+    base, root, run = world
+    stage = name.split(":")[0]
+    out = tmp_path / "out"
+    full = cli(run[stage](out), f"{name}!enospc")
+    assert full.returncode == 1, full.stderr[-1500:]
+    lines = [line for line in full.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on device while writing " + DISK_FULL[name])
+    assert str(out) in lines[0] and "run the same command again" in lines[0]
+    assert not (out / "manifest.json").exists()
+    assert cli(run[stage](out)).returncode == 0
+    reference = root / {"build": "ref-dataset", "train": "ref-train", "sample": "ref-samples", "eval": "ref-eval"}[stage]
+    assert record(stage, out) == record(stage, reference)
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_runs, tmp_path):
+    import shutil
+
+    _, (run1, _) = tiny_runs
+    run = tmp_path / "run"
+    shutil.copytree(run1, run)
+    before = {p.name: p.read_bytes() for p in (run / "report").iterdir() if p.is_file()}
+    full = cli(["report", str(run)], "report:before-rename!enospc")
+    assert full.returncode == 1 and "while writing the report" in full.stderr
+    assert {p.name: p.read_bytes() for p in (run / "report").iterdir() if p.is_file()} == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".report")]  # the temp folder is gone
+    assert cli(["report", str(run)]).returncode == 0
+    assert cli(["verify", str(run)]).returncode == 0

@@ -279,7 +279,7 @@ def build_shard(out: Path, index: int, shard: list[PairSpec], cfg: BuildConfig, 
         rows.extend(batch_rows)
         advance(len(batch))
     write_rows(out / PARTIAL_SUBDIR / shard_name(index), rows)
-    faults.point("build:before-shard-rename")
+    faults.point("build:before-shard-rename", out / DATA_SUBDIR / shard_name(index))
     os.replace(out / PARTIAL_SUBDIR / shard_name(index), out / DATA_SUBDIR / shard_name(index))
     shutil.rmtree(pieces_dir, ignore_errors=True)
 

@@ -264,4 +264,4 @@ def _write_outputs(cfg: EvalConfig, scores: Any, out: Path, digest: str, timings
 
         write_manifest(tmp / MANIFEST, make_manifest(cfg, digest, counts, timings, context={
             "task": cfg.task, "target_style": cfg.target_style, "base_style": cfg.base_style}), tmp)
-        faults.point("eval:before-rename")
+        faults.point("eval:before-rename", out / "scores.parquet")

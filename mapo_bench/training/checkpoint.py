@@ -83,7 +83,7 @@ def save_checkpoint(work: Path, step: int, *, denoiser: torch.nn.Module, optimiz
     with atomic_dir(final, overwrite=True) as tmp:
         save_file(trainable_state(denoiser), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        faults.point("train:inside-checkpoint")
+        faults.point("train:inside-checkpoint", final)
         save_file({name: s.contiguous() for name, s in generator_states.items()}, str(tmp / "generators.safetensors"))
         files = file_records(tmp, [tmp / name for name in CHECKPOINT_FILES])
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=2))
