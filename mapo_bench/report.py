@@ -412,10 +412,13 @@ HTML_FILE = "index.html"
 
 
 def has_trend(results: dict[str, Any]) -> bool:
-    """Whether some side has the levels a trend needs (else the severity plot shows nothing to read)."""
+    """Whether some mismatch side has the levels a trend needs (else the severity plot shows nothing to read)."""
+    from collections import Counter
+
     from mapo_bench.trend import MIN_LEVELS
 
-    return any(block["primary"]["n_levels"] >= MIN_LEVELS for block in results["trend"].values())
+    sides = Counter(sev["prefixed_side"] for sev in results["severity"].values())
+    return any(n >= MIN_LEVELS for n in sides.values())
 
 
 def headline_markdown(results: dict[str, Any], figure: str) -> str:

@@ -189,6 +189,12 @@ def test_publish_rewrites_only_the_readme_results_section(tmp_path):
     assert "![severity vs effect](docs/results/severity_vs_effect.png)" in text
     assert "**Chosen-side mismatch**" in text and "| style-c | 0.0300 [0.0299, 0.0301] | toy-style |" in text
     assert (tmp_path / "docs" / "results" / "pipeline.json").is_file()
+    # a README with this pipeline's own markers: that section is rewritten, the headline experiment's kept
+    readme.write_text("<!-- results:start -->\nheadline\n<!-- results:end -->\n"
+                      "<!-- results:synthetic:start -->\nold\n<!-- results:synthetic:end -->\n")
+    publish(run, tmp_path / "docs" / "results", readme)
+    text = readme.read_text()
+    assert "headline" in text and "old" not in text and text.index("**Chosen-side mismatch**") > text.index("headline")
 
 
 def test_comparison_direction_does_not_follow_the_pipeline_order(tmp_path):
