@@ -261,14 +261,16 @@ class Runner:
         return self.run_dir / "configs" / f"{job.id.replace(':', '__').replace('/', '_')}.yaml"
 
     def is_done(self, job: Job) -> bool:
+        """Finished with this config and base, and its recorded files still as the stage left them."""
         path = self.marker(job)
         if not path.is_file() or not job.out.exists():
             return False
-        return json.loads(path.read_text()).get("config_hash") == self.job_hash(job)
+        return json.loads(path.read_text()).get("config_hash") == self.job_hash(job) and not outputs_changed(job.out)
 
     def is_stale(self, job: Job) -> bool:
-        """Finished under another config or base: the stage's own cache (keyed by its config, which names
-        the base but does not hold it) must not hand back the old output, so the job reruns with overwrite."""
+        """Finished under another config or base, or its files changed since: the stage's own cache (keyed by
+        its config, which names the base but does not hold it) must not hand back the old output, so the job
+        reruns with overwrite."""
         path = self.marker(job)
         return path.is_file() and job.out.exists() and not self.is_done(job)
 
@@ -354,6 +356,31 @@ class Runner:
             return
         write_json_atomic(self.marker(job), {"config_hash": self.job_hash(job), "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+MTIME_SLACK_S = 2.0  # file systems and copies round times; a later change by more than this is a change
+
+
+def outputs_changed(out: Path) -> bool:
+    """The fast check on resume (issue 15): a file the stage's manifest records is missing, has another size,
+    or was modified after the manifest was written. ``mapo-bench verify`` re-hashes; this only stats."""
+    manifest = out / "manifest.json" if out.is_dir() else None
+    if manifest is None or not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text()).get("files") or {}
+    except ValueError:
+        return True
+    written = manifest.stat().st_mtime + MTIME_SLACK_S
+    for relative, record in files.items():
+        path = out / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            return True
+        if stat.st_size != record.get("bytes") or stat.st_mtime > written:
+            return True
+    return False
 
 
 def stop_workers(pool: Any) -> None:

@@ -89,10 +89,10 @@ def prepare_folder(cfg: SampleConfig) -> None:
         held = read_json(key_path).get("image_key") if key_path.is_file() else None
         if held is None:  # never delete a folder this stage did not write
             raise MapoBenchError(f"{out} exists and is not a sample folder; choose another --out")
-        if held != key:
-            if not cfg.overwrite:
-                raise MapoBenchError(f"{out} holds images of another model, fine-tune, sampler or prompt source; "
-                                     "pass overwrite=true to replace them or choose another --out")
+        if held != key and not cfg.overwrite:
+            raise MapoBenchError(f"{out} holds images of another model, fine-tune, sampler or prompt source; "
+                                 "pass overwrite=true to replace them or choose another --out")
+        if cfg.overwrite:  # replace: no image of the old folder is kept (it may have been changed since)
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / MANIFEST, out / INDEX):  # the folder reads as complete only once this run ends
@@ -144,7 +144,7 @@ def sample(cfg: SampleConfig) -> Path:
     items = plan(cfg)
     full_hash = config_hash({**cfg.model_dump(mode="json", exclude={"batch_size", "device", "out", "overwrite"}),
                              "noise": NOISE_SCHEME})
-    if manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
+    if not cfg.overwrite and manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
         return out
     state = PartialState(cpu=on_cpu(cfg.device))
     if state.is_main_process:

@@ -128,6 +128,28 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tiny_runs, capsys):
     assert all(f"  {job.id} (done)" in out for job in phase1)
 
 
+def test_a_finished_job_whose_files_changed_is_run_again(tmp_path, tiny_toy):
+    """Resume's fast check (size and mtime against the stage's manifest): one image of a finished sample
+    folder altered, the next run redoes that job alone and ends with the original bytes and results."""
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text("max_steps: 2\nbatch_size: 2\nlog: {progress: false}\n")
+    spec = PipelineSpec.model_validate(tiny_spec(tiny_toy, recipe))
+    run = tmp_path / "run"
+    run_pipeline(spec, out=run)
+    before = json.loads((run / "report" / "results.json").read_text())["rows"]
+    folder = sorted((run / "samples").glob("cartoon/mapo/*/test"))[0]
+    image = sorted((folder / "images").glob("*.png"))[0]
+    original = image.read_bytes()
+    image.write_bytes(original + b"tampered")
+    markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}
+    run_pipeline(spec, out=run)
+    changed = {name for name, t in markers.items() if (run / "state" / name).stat().st_mtime_ns != t}
+    label = folder.parent.relative_to(run / "samples").as_posix()  # cartoon/mapo/<setting>-s<seed>
+    assert changed == {f"sample__{label.replace('/', '_')}__test.json"}
+    assert image.read_bytes() == original
+    assert json.loads((run / "report" / "results.json").read_text())["rows"] == before
+
+
 def test_single_jobs_respect_deps_and_are_recorded(tmp_path, tiny_toy, capsys):
     """--job runs one job and writes its marker (a later full run skips it); a job whose deps are
     unfinished, or an unknown id, is refused with one line."""
