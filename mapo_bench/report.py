@@ -14,6 +14,7 @@ from mapo_bench import faults
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.results import UNADJUSTED_NOTE, build_results
+from mapo_bench.trend import standing_text
 
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
 VERDICT_TEXT = {"grows": "**grows**", "shrinks": "**shrinks**", "no evidence either way": "shows **no evidence either way**",
@@ -49,6 +50,8 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
             continue
         sec = block["secondary"]
         extra = [f"Spearman rho {p['spearman_rho']:+.2f} (exact p {p['spearman_p']:.3g})"]
+        if standing_text(p):
+            extra.insert(0, standing_text(p))
         for key in ("mapo vs base", "dpo vs base"):
             if sec.get(key, {}).get("slope") is not None:
                 extra.append(f"{key} slope {fmt_ci(sec[key]['slope'], sec[key]['slope_ci_low'], sec[key]['slope_ci_high'], 2)}"

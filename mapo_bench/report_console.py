@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo_bench.report import HTML_FILE, PLOT_FILE, find_row, fmt_ci, headline_rows
+from mapo_bench.trend import standing_text
 
 
 def failed_methods(results: dict[str, Any], dataset: str) -> list[str]:
@@ -56,7 +57,9 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
         p = block["primary"]
         slope = "" if p["slope"] is None else \
             f": slope {fmt_ci(p['slope'], p['slope_ci_low'], p['slope_ci_high'], 2)} per unit of {p['severity_measure']}"
-        lines.append(f"{p['side']}-side mismatch: MaPO's edge over DPO on {p['metric']} {p['verdict']}{slope}")
+        standing = standing_text(p)
+        lines.append(f"{p['side']}-side mismatch: MaPO's edge over DPO on {p['metric']} {p['verdict']}{slope}"
+                     + (f" ({standing})" if standing else ""))
     return lines
 
 

@@ -82,10 +82,48 @@ def slope_test(levels: list[dict[str, Any]], effect: str = "advantage", ci: floa
     rho, p = rank_correlation(x, y)
     record.update({"slope": float(ols_slope(x, y)), "slope_ci_low": low, "slope_ci_high": high,
                    "verdict": verdict(low, high), "resamples": int(len(slopes)),
+                   **standing(draws, tail), "unresolved_severity": overlapping_neighbours(levels),
                    "spearman_rho": float(rho), "spearman_p": float(p),
                    "spearman_note": f"exact permutation p; with {len(levels)} levels the smallest possible "
                                     f"two-sided p is {2 / factorial(len(levels)):.3g}"})
     return record
+
+
+def standing(draws: np.ndarray, tail: float) -> dict[str, int]:
+    """``(R, L)`` effect draws -> how many levels have their interval above 0 (ahead) or below 0 (behind):
+    a slope that "grows" from a deficit to a smaller deficit is not a lead, and the verdict line says so."""
+    low = np.quantile(draws, tail, axis=0)
+    high = np.quantile(draws, 1 - tail, axis=0)
+    return {"levels_ahead": int((low > 0).sum()), "levels_behind": int((high < 0).sum())}
+
+
+def overlapping_neighbours(levels: list[dict[str, Any]]) -> list[list[str]]:
+    """Adjacent levels (sorted by severity) whose severity intervals overlap: the measure does not order
+    them, so the slope rests on the levels it does separate."""
+    pairs = []
+    for a, b in zip(levels, levels[1:]):
+        if None not in (a.get("x_ci_high"), b.get("x_ci_low")) and a["x_ci_high"] >= b["x_ci_low"]:
+            pairs.append([a["name"], b["name"]])
+    return pairs
+
+
+def standing_text(record: dict[str, Any]) -> str:
+    """A clause on where MaPO stands beside the slope: ahead / behind at how many levels, and which
+    neighbouring levels the severity measure does not separate ("" when there is nothing to add)."""
+    if record.get("slope") is None or "levels_ahead" not in record:
+        return ""
+    n, ahead, behind = record["n_levels"], record["levels_ahead"], record["levels_behind"]
+    parts = []
+    if behind == n:
+        parts.append(f"MaPO behind at all {n} levels, so a rising slope is a shrinking deficit, not a lead")
+    elif ahead == n:
+        parts.append(f"MaPO ahead at all {n} levels")
+    else:
+        parts.append(f"MaPO ahead at {ahead}, behind at {behind}, level with it at {n - ahead - behind} of {n} levels")
+    unresolved = record.get("unresolved_severity") or []
+    if unresolved:
+        parts.append("severity intervals overlap for " + ", ".join(" / ".join(p) for p in unresolved))
+    return "; ".join(parts)
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -81,7 +81,9 @@ def test_registry_unknown_name_suggests_closest():
     with pytest.raises(MapoBenchError, match="did you mean 'pickscore'"):
         EVALUATORS.check("pickscor")
     assert METHODS.names() == ["dpo", "dreambooth", "mapo", "sft"]
-    assert {"pick-style", "pick-safety", "custom", "from-images", "class-images"} == set(TASKS.names())
+    assert {
+        "pick-style", "pick-safety", "custom", "from-images", "class-images", "scored-pairs", "pick-a-pic",
+    } == set(TASKS.names())
 
 
 def test_resolver_local_path_and_model_root(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapo_bench.trend import ols_slope, rank_correlation, severity_draws, slope_test, verdict
+from mapo_bench.trend import ols_slope, rank_correlation, severity_draws, slope_test, standing_text, verdict
 
 
 def level(name: str, x: float, effect: float, draws: np.ndarray, x_ci: tuple[float, float] | None = None) -> dict:
@@ -64,3 +64,26 @@ def test_rank_correlation_exact_p_for_four_levels():
     would say 0)."""
     rho, p = rank_correlation(np.array([1.0, 2, 3, 4]), np.array([0.1, 0.2, 0.5, 0.9]))
     assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 24)
+
+
+def test_a_rising_deficit_is_not_called_a_lead():
+    """Effects -0.3, -0.2, -0.1 (no spread) at x = 0, 0.0005, 0.004 with intervals [-0.001, 0.001],
+    [0, 0.0012], [0.003, 0.005]: the slope is positive ("grows"), MaPO is behind at all 3 levels, and
+    the first two severity intervals overlap; the standing clause says both."""
+    xs = [(0.0, (-0.001, 0.001)), (0.0005, (0.0, 0.0012)), (0.004, (0.003, 0.005))]
+    levels = [level(f"l{i}", x, e, np.full(100, e), ci) for i, ((x, ci), e) in enumerate(zip(xs, (-0.3, -0.2, -0.1)))]
+    res = slope_test(levels)
+    assert res["verdict"] == "grows"
+    assert (res["levels_ahead"], res["levels_behind"]) == (0, 3)
+    assert res["unresolved_severity"] == [["l0", "l1"]]
+    text = standing_text(res)
+    assert "behind at all 3 levels" in text and "shrinking deficit" in text and "l0 / l1" in text
+
+
+def test_standing_counts_levels_whose_interval_excludes_zero():
+    """Draws N(0.5, 0.01), N(0, 0.01), N(-0.5, 0.01): one level ahead, one behind, one level with DPO."""
+    rng = np.random.default_rng(1)
+    levels = [level(f"l{i}", float(i), m, m + rng.normal(0, 0.01, 500)) for i, m in enumerate((0.5, 0.0, -0.5))]
+    res = slope_test(levels)
+    assert (res["levels_ahead"], res["levels_behind"]) == (1, 1)
+    assert standing_text(res) == "MaPO ahead at 1, behind at 1, level with it at 1 of 3 levels"
