@@ -72,17 +72,24 @@ def read_json(path: str | Path) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | Path, overwrite: bool = False, written_by: str | None = None) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success it replaces ``final`` in one rename.
 
-    On an exception the temp folder is removed and ``final`` is left as it was.
+    ``written_by``: a file the stage always writes into ``final``; an existing non-empty ``final``
+    without it was not written by the stage and is never replaced (a mistyped ``--out`` must not delete
+    someone's folder). On an exception the temp folder is removed and ``final`` is left as it was.
     """
+    from mapo_bench.errors import MapoBenchError
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
-        from mapo_bench.errors import MapoBenchError
-
         raise MapoBenchError(f"{final} already exists; pass --overwrite to replace it")
+    if written_by and final.is_dir() and any(final.iterdir()) and not (final / written_by).is_file():
+        raise MapoBenchError(f"{final} exists and was not written by this stage (it has no {written_by}); "
+                             "choose another --out")
+    if final.exists() and not final.is_dir():
+        raise MapoBenchError(f"{final} exists and is not a folder; choose another --out")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp

@@ -18,6 +18,17 @@ from pydantic import Field, field_validator, model_validator
 from mapo_bench.config import StrictModel
 from mapo_bench.registry import EVALUATORS, METHODS, TASKS
 
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def folder_name(value: str) -> str:
+    """A name that becomes one path component (run folder, dataset folder): letters, digits, ``.``, ``_``,
+    ``-``; no ``/``, no leading dot, so a pipeline cannot place its folders outside the run."""
+    if not FOLDER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a folder name: use letters, digits, '.', '_' and '-' (not first), "
+                         "at most 100 characters")
+    return value
+
 
 class DatasetSpec(StrictModel):
     """One preference dataset of the experiment."""
@@ -34,6 +45,8 @@ class DatasetSpec(StrictModel):
     class_images: dict[str, Any] | None = Field(
         None, description="build keys of a class-images dataset (DreamBooth's prior-preservation images), built "
                           "beside this dataset for the methods that read a prior stream")
+
+    _folder_name = field_validator("name")(classmethod(lambda cls, value: folder_name(value)))
 
     @field_validator("task")
     @classmethod
@@ -185,6 +198,8 @@ class PipelineSpec(StrictModel):
         named += [(f"datasets.{d.name}.prompts.{split}", source) for d in self.datasets
                   for split, source in (d.prompts or {}).items()]
         return [(where, source) for where, source in named if not re.match(r"^(builtin|toy):|^hf://", source)]
+
+    _folder_name = field_validator("name")(classmethod(lambda cls, value: folder_name(value)))
 
     @field_validator("methods")
     @classmethod

@@ -385,7 +385,7 @@ def write_report(run_dir: Path) -> Path:
     # Written beside report/ and renamed over it at the end, so a failed write (a full disk) leaves the
     # previous report, or none, never a part of one; the temp folder sits in the run folder, so the page's
     # relative image links are the same there.
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, written_by="results.json") as tmp:
         write_json_atomic(tmp / "results.json", results)
         results = read_json(tmp / "results.json")  # render from what is on disk
         write_text_atomic(tmp / "table.md", render_markdown(results))

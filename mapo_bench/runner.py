@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -676,10 +677,10 @@ def print_commands(runner: Runner, jobs: list[Job]) -> None:
     todo = [j for j in jobs if not runner.is_done(j)]
     phase = "selected settings (phase 2)" if any(j.meta.get("split") == "test" for j in jobs) else "grid (phase 1)"
     print(f"# {len(todo)} unfinished jobs of the {phase}, in dependency order")
-    run = f"mapo-bench run {runner.pipeline_path or runner.spec.name} --out {runner.run_dir}"
+    run = f"mapo-bench run {shlex.quote(str(runner.pipeline_path or runner.spec.name))} --out {shlex.quote(str(runner.run_dir))}"
     for j in todo:
         runner.write_config(j)
-        print(f"{run} --job {j.id}")
+        print(f"{run} --job {shlex.quote(j.id)}")
     print(f"# when they have finished: {run} --emit-commands (next phase) or without it (finish and report)")
 
 

@@ -228,4 +228,9 @@ def read_index(folder: str | Path) -> Any:
     missing = [c for c in INDEX_COLUMNS if c not in frame.columns]
     if missing:
         raise MapoBenchError(f"{path}: missing columns {', '.join(missing)}")
+    root = folder.resolve()
+    for row, name in enumerate(frame["file"]):  # a received run folder must not point a reader elsewhere
+        target = (folder / str(name)).resolve()
+        if Path(str(name)).is_absolute() or not target.is_relative_to(root):
+            raise MapoBenchError(f"{path}: row {row}: file {str(name)!r} is outside the sample folder")
     return frame

@@ -42,9 +42,15 @@ def rater_order(pairs: list[RatingPair], rater: str) -> list[RatingPair]:
     return order
 
 
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
 def create_app(run_dir: Path, comparisons: list[tuple[str, str]], per_rater: int = 20,
-               datasets: list[str] | None = None) -> Any:
-    """The Flask app of one run folder (``comparisons``: gallery column pairs such as ``("mapo", "dpo")``)."""
+               datasets: list[str] | None = None, trusted_hosts: list[str] | None = LOOPBACK_HOSTS) -> Any:
+    """The Flask app of one run folder (``comparisons``: gallery column pairs such as ``("mapo", "dpo")``).
+
+    ``trusted_hosts``: the ``Host`` headers answered (others get 400), so a web page whose name was
+    re-pointed at 127.0.0.1 (DNS rebinding) cannot read the run or vote; None answers any host."""
     from flask import (
         Flask,
         abort,
@@ -66,7 +72,7 @@ def create_app(run_dir: Path, comparisons: list[tuple[str, str]], per_rater: int
     by_id = {p.pair_id: p for p in pairs}
     store = VoteStore(run_dir / VOTES_FILE)
     app = Flask("mapo_bench", template_folder=str(Path(__file__).parent / "templates"))
-    app.config.update(store=store, pairs=pairs)
+    app.config.update(store=store, pairs=pairs, TRUSTED_HOSTS=trusted_hosts)
 
     def rater() -> str | None:
         name = request.cookies.get(RATER_COOKIE, "")
@@ -78,6 +84,8 @@ def create_app(run_dir: Path, comparisons: list[tuple[str, str]], per_rater: int
 
     @app.get("/run/<path:name>")
     def run_file(name: str) -> Any:
+        if Path(name).name.startswith(VOTES_FILE):  # raters do not read each other's votes
+            abort(404)
         return send_from_directory(run_dir, name)  # safe_join: a path leaving the folder is a 404
 
     @app.get("/rate")
@@ -144,8 +152,9 @@ def serve(run_dir: Path, comparisons: list[tuple[str, str]], per_rater: int = 20
 
     from werkzeug.serving import run_simple
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK_HOSTS:
         warnings.warn(f"serving on {host}: anyone who can reach this address can read the run and vote", stacklevel=2)
-    app = create_app(run_dir, comparisons, per_rater, datasets)
+    loopback = host in LOOPBACK_HOSTS
+    app = create_app(run_dir, comparisons, per_rater, datasets, trusted_hosts=LOOPBACK_HOSTS if loopback else None)
     print(f"report: http://{host}:{port}/   rating page: http://{host}:{port}/rate", flush=True)
     run_simple(host, port, app, threaded=True, use_reloader=False)

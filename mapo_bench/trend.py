@@ -13,6 +13,7 @@ slope, other severity measures, other comparisons) are reported beside it and ne
 
 from __future__ import annotations
 
+import itertools
 from math import factorial
 from typing import Any
 
@@ -101,7 +102,7 @@ def overlapping_neighbours(levels: list[dict[str, Any]]) -> list[list[str]]:
     """Adjacent levels (sorted by severity) whose severity intervals overlap: the measure does not order
     them, so the slope rests on the levels it does separate."""
     pairs = []
-    for a, b in zip(levels, levels[1:]):
+    for a, b in itertools.pairwise(levels):
         if None not in (a.get("x_ci_high"), b.get("x_ci_low")) and a["x_ci_high"] >= b["x_ci_low"]:
             pairs.append([a["name"], b["name"]])
     return pairs

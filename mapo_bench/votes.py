@@ -71,10 +71,9 @@ def rating_pairs(run_dir: Path, comparisons: list[tuple[str, str]], datasets: li
                  split: str = "test") -> list[RatingPair]:
     """Every pair the run can show for ``comparisons`` (gallery column names, e.g. ``("mapo", "dpo")``):
     one per dataset, prompt and sampling seed where both models have an image."""
-    import pandas as pd
-
     from mapo_bench.io import read_json
     from mapo_bench.results import selected_models
+    from mapo_bench.sampling import read_index
 
     results_path = run_dir / "report" / "results.json"
     if not results_path.is_file():
@@ -93,7 +92,7 @@ def rating_pairs(run_dir: Path, comparisons: list[tuple[str, str]], datasets: li
             folders = [run_dir / "samples" / labels[m] / split for m in (a, b)]
             if not all((f / "index.parquet").is_file() for f in folders):
                 continue
-            index_a, index_b = (pd.read_parquet(f / "index.parquet") for f in folders)
+            index_a, index_b = (read_index(f) for f in folders)
             both = index_a.merge(index_b, on=["prompt_id", "seed"], suffixes=("_a", "_b"))
             for row in both.sort_values(["prompt_id", "seed"]).itertuples(index=False):
                 pairs.append(RatingPair(pair_id(dataset, labels[a], labels[b], int(row.prompt_id), int(row.seed)),
@@ -193,7 +192,7 @@ def export_pairs(run_dir: Path, comparisons: list[tuple[str, str]], out: Path, d
     from mapo_bench.io import atomic_dir
 
     rows = []
-    with atomic_dir(Path(out), overwrite=True) as tmp:
+    with atomic_dir(Path(out), overwrite=True, written_by="pairs.csv") as tmp:
         (tmp / "images").mkdir()
         for pair in rating_pairs(run_dir, comparisons, datasets):
             shown = (pair.image_a, pair.image_b) if pair.left_is_a(EXPORT_RATER) else (pair.image_b, pair.image_a)

@@ -71,7 +71,7 @@ def test_a_rising_deficit_is_not_called_a_lead():
     [0, 0.0012], [0.003, 0.005]: the slope is positive ("grows"), MaPO is behind at all 3 levels, and
     the first two severity intervals overlap; the standing clause says both."""
     xs = [(0.0, (-0.001, 0.001)), (0.0005, (0.0, 0.0012)), (0.004, (0.003, 0.005))]
-    levels = [level(f"l{i}", x, e, np.full(100, e), ci) for i, ((x, ci), e) in enumerate(zip(xs, (-0.3, -0.2, -0.1)))]
+    levels = [level(f"l{i}", x, e, np.full(100, e), ci) for i, ((x, ci), e) in enumerate(zip(xs, (-0.3, -0.2, -0.1), strict=True))]
     res = slope_test(levels)
     assert res["verdict"] == "grows"
     assert (res["levels_ahead"], res["levels_behind"]) == (0, 3)

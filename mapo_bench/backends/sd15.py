@@ -52,6 +52,7 @@ class SD15Backend(Backend):
              vae_dtype: str | None = None, **options: Any) -> SD15Backend:
         import diffusers
 
+        cls.check_load_options(options)
         torch_dtype = resolve_dtype(dtype)
         skip = tuple(k for k, v in options.items() if v is None)  # components loaded as None (sd3: no T5)
         local = resolve_pipeline(model, ignore_patterns=NON_PYTORCH_WEIGHTS, skip_components=skip)
@@ -64,6 +65,18 @@ class SD15Backend(Backend):
         pipe = pipeline_cls.from_pretrained(str(local), **dtype_kwargs(torch_dtype), **kwargs, **options)
         pipe.to(device)
         return cls(pipe, model, device, torch_dtype)
+
+    # ``from_pretrained`` keywords a recipe may pass (``backend_options``), besides a component set to null
+    # (not loaded). Anything else is refused: ``custom_pipeline`` and the remote-code switch would import and
+    # run Python files named by a config (docs/security.md).
+    load_options: ClassVar[tuple[str, ...]] = ("variant",)
+
+    @classmethod
+    def check_load_options(cls, options: dict[str, Any]) -> None:
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in cls.load_options)
+        if unknown:
+            raise MapoBenchError(f"backend {cls.name}: backend_options {', '.join(unknown)} not accepted; valid: "
+                                 f"{', '.join(cls.load_options)}, or a component set to null to skip loading it")
 
     @classmethod
     def check_model_folder(cls, folder: Path, model: str) -> dict[str, Any]:

@@ -251,7 +251,7 @@ def _gather(part: Any, out: Path, state: Any) -> Any:
 def _write_outputs(cfg: EvalConfig, scores: Any, out: Path, digest: str, timings: dict[str, float],
                    images: int) -> None:
     summary = summarize(scores)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, written_by="scores.parquet") as tmp:
         scores.to_parquet(tmp / "scores.parquet", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         write_text_atomic(tmp / "summary.md", markdown_table(summary))

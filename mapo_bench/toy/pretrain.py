@@ -406,7 +406,7 @@ def _pretrain_rank(group: Any, cfg: ToyPretrainConfig, out: Path) -> None:
 
     if not group.is_main:
         return
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, written_by="toy_pipeline.json") as tmp:
         for name in ("unet", "text_encoder", "scheduler", "toy_pipeline.json"):
             src = base_dir / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)

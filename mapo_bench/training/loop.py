@@ -479,7 +479,7 @@ class Trainer:
         if acc.log_with:
             acc.end_training()
         if acc.is_main_process:
-            with watch.time("export"), atomic_dir(out, overwrite=True) as tmp:
+            with watch.time("export"), atomic_dir(out, overwrite=True, written_by="manifest.json") as tmp:
                 self.export(tmp)
                 shutil.copy2(log_path, tmp / LOG_FILE)
                 from mapo_bench.config import dump_yaml
