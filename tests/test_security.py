@@ -674,9 +674,9 @@ def test_a_sample_index_naming_a_file_outside_its_folder_is_refused(fake_run):
 def test_sd_backends_refuse_load_options_that_run_code(tmp_path):
     """backend_options reach from_pretrained; custom_pipeline / trust_remote_code would import a file a
     config names. They are refused before any model is looked up; a component set to null and variant pass."""
+    from mapo_bench.backends import load_backend
     from mapo_bench.backends.sd15 import SD15Backend
     from mapo_bench.backends.sdxl import SDXLBackend
-    from mapo_bench.backends import load_backend
 
     (tmp_path / "pipeline.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')")
     for options in ({"custom_pipeline": str(tmp_path / "pipeline.py")}, {"trust_remote_code": True},
@@ -726,7 +726,6 @@ def test_dependency_floors_exclude_the_known_unsafe_releases():
     """datasets < 4.0 can run a hub dataset's loading script; pyarrow 14.0.0 unpickles extension types
     (CVE-2023-47248); flask < 3.1 has no TRUSTED_HOSTS."""
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.version import Version
 
