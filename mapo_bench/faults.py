@@ -25,6 +25,7 @@ POINTS = (
     "eval:before-rename",
     "mismatch:before-write",
     "report:before-rename",
+    "run:before-marker", "run:after-marker", "run:before-selection",
 )
 _reached: dict[str, int] = {}
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from mapo_bench import faults
 from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
@@ -355,8 +356,10 @@ class Runner:
         wall = round(wall, 2)
         if self.rank != 0:
             return
+        faults.point("run:before-marker", self.marker(job))  # the job's outputs are written, its marker not yet
         write_json_atomic(self.marker(job), {"config_hash": self.job_hash(job), "wall_s": wall, "verb": job.verb,
                                              "meta": job.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        faults.point("run:after-marker")
 
 
 MTIME_SLACK_S = 2.0  # file systems and copies round times; a later change by more than this is a change
@@ -662,6 +665,7 @@ def _select(runner: Runner) -> dict[str, Any]:
     if runner.rank == 0:
         from mapo_bench.io import write_json_atomic
 
+        faults.point("run:before-selection", runner.run_dir / "selection.json")
         write_json_atomic(runner.run_dir / "selection.json", selection)
     return selection
 

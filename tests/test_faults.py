@@ -75,7 +75,11 @@ def world(tmp_path_factory):
     return base, root, run
 
 
-@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p in DEFAULT else pytest.mark.slow) for p in POINTS])
+STAGE_POINTS = [p for p in POINTS if not p.startswith("run:")]
+RUN_POINTS = {"run:before-marker": "@3", "run:after-marker": "@5", "run:before-selection": ""}
+
+
+@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p in DEFAULT else pytest.mark.slow) for p in STAGE_POINTS])
 def test_killed_at_a_named_point_then_resumed_gives_the_same_outputs(world, tmp_path, name):
     import shutil
 
@@ -173,3 +177,46 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_runs, 
     assert not [p for p in run.iterdir() if p.name.startswith(".report")]  # the temp folder is gone
     assert cli(["report", str(run)]).returncode == 0
     assert cli(["verify", str(run)]).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_run_reference(tmp_path_factory):
+    """The full tiny pipeline as a YAML file and its uninterrupted run, through the CLI like the killed ones."""
+    import yaml
+    from tiny_pipeline import full_tiny_spec
+
+    from mapo_bench.toy.tiny import build_tiny_toy
+
+    root = tmp_path_factory.mktemp("run-faults")
+    base = build_tiny_toy(root / "base")
+    recipe = root / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
+                                      "log": {"progress": False}}))
+    pipeline = root / "tiny.yaml"
+    pipeline.write_text(yaml.safe_dump(full_tiny_spec(base, recipe).model_dump(mode="json", exclude_defaults=True)))
+    result = cli(["run", str(pipeline), "--out", str(root / "reference")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return pipeline, root / "reference"
+
+
+def comparable_results(run: Path) -> dict:
+    results = json.loads((run / "report" / "results.json").read_text())
+    results.pop("wall_s")
+    results.pop("versions")
+    return results
+
+
+@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p == "run:before-marker" else pytest.mark.slow)
+                                  for p in RUN_POINTS])
+def test_a_run_killed_at_a_named_point_then_resumed_gives_the_same_results(tiny_run_reference, tmp_path, name):
+    """`mapo-bench run` SIGKILLed between a job's outputs and its marker, after a marker, and before
+    selection.json; the same command resumes it, and results.json equals the uninterrupted run's but for
+    timings and versions."""
+    pipeline, reference = tiny_run_reference
+    out = tmp_path / "run"
+    killed = cli(["run", str(pipeline), "--out", str(out)], name + RUN_POINTS[name])
+    assert killed.returncode == -9, f"{name} was not reached: {killed.stderr[-500:]}"
+    assert not (out / "report" / "results.json").exists()
+    resumed = cli(["run", str(pipeline), "--out", str(out)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable_results(out) == comparable_results(reference)
