@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from mapo_bench.config import StrictModel
 from mapo_bench.registry import EVALUATORS, METHODS, TASKS
@@ -30,10 +30,13 @@ def folder_name(value: str) -> str:
     return value
 
 
+FolderName = Annotated[str, AfterValidator(folder_name)]
+
+
 class DatasetSpec(StrictModel):
     """One preference dataset of the experiment."""
 
-    name: str
+    name: FolderName
     task: str
     build: dict[str, Any] = Field(default_factory=dict, description="extra build-dataset keys")
     tune_from: str | None = Field(None, description="use the settings selected on this dataset (no grid here)")
@@ -45,8 +48,6 @@ class DatasetSpec(StrictModel):
     class_images: dict[str, Any] | None = Field(
         None, description="build keys of a class-images dataset (DreamBooth's prior-preservation images), built "
                           "beside this dataset for the methods that read a prior stream")
-
-    _folder_name = field_validator("name")(classmethod(lambda cls, value: folder_name(value)))
 
     @field_validator("task")
     @classmethod
@@ -175,7 +176,7 @@ class RatingSpec(StrictModel):
 class PipelineSpec(StrictModel):
     """`mapo-bench run SPEC.yaml`: datasets x methods x seeds -> report."""
 
-    name: str
+    name: FolderName
     description: str = ""
     backend: str = "toy"
     model: str | None = None
@@ -198,8 +199,6 @@ class PipelineSpec(StrictModel):
         named += [(f"datasets.{d.name}.prompts.{split}", source) for d in self.datasets
                   for split, source in (d.prompts or {}).items()]
         return [(where, source) for where, source in named if not re.match(r"^(builtin|toy):|^hf://", source)]
-
-    _folder_name = field_validator("name")(classmethod(lambda cls, value: folder_name(value)))
 
     @field_validator("methods")
     @classmethod

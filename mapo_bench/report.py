@@ -49,9 +49,8 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
             lines.append(f"- {head} ({p['reason']}).")
             continue
         sec = block["secondary"]
-        extra = [f"Spearman rho {p['spearman_rho']:+.2f} (exact p {p['spearman_p']:.3g})"]
-        if standing_text(p):
-            extra.insert(0, standing_text(p))
+        standing = standing_text(p)
+        extra = ([standing] if standing else []) + [f"Spearman rho {p['spearman_rho']:+.2f} (exact p {p['spearman_p']:.3g})"]
         for key in ("mapo vs base", "dpo vs base"):
             if sec.get(key, {}).get("slope") is not None:
                 extra.append(f"{key} slope {fmt_ci(sec[key]['slope'], sec[key]['slope_ci_low'], sec[key]['slope_ci_high'], 2)}"

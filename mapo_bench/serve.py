@@ -152,9 +152,9 @@ def serve(run_dir: Path, comparisons: list[tuple[str, str]], per_rater: int = 20
 
     from werkzeug.serving import run_simple
 
-    if host not in LOOPBACK_HOSTS:
-        warnings.warn(f"serving on {host}: anyone who can reach this address can read the run and vote", stacklevel=2)
     loopback = host in LOOPBACK_HOSTS
+    if not loopback:
+        warnings.warn(f"serving on {host}: anyone who can reach this address can read the run and vote", stacklevel=2)
     app = create_app(run_dir, comparisons, per_rater, datasets, trusted_hosts=LOOPBACK_HOSTS if loopback else None)
     print(f"report: http://{host}:{port}/   rating page: http://{host}:{port}/rate", flush=True)
     run_simple(host, port, app, threaded=True, use_reloader=False)
