@@ -320,7 +320,10 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
                     ax.annotate(r["dataset"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(MaxNLocator(5))  # severity values are small: long tick labels must not collide
-        verdicts = [b["primary"]["verdict"] for b in results["trend"].values() if b["primary"]["side"] == side]
+        # the verdict, and MaPO behind at every level where it is, so "grows" is not read as a lead
+        verdicts = [b["primary"]["verdict"] + ("\n(MaPO behind DPO at every level)" if b["primary"].get("levels_behind")
+                                               == b["primary"]["n_levels"] else "")
+                    for b in results["trend"].values() if b["primary"]["side"] == side]
         ax.set_title(title + (f" - trend: {', '.join(verdicts)}" if verdicts else ""), fontsize=10)
         measure = results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"
         ax.set_xlabel(f"{measure} of the {side} side (95% CI)")
