@@ -11,15 +11,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.registry import suggest
 
 M = TypeVar("M", bound=BaseModel)
+
+
+Seed = Annotated[int, Field(ge=0)]
+"""A random seed: numpy's generators refuse negative ones, so every config says so before anything runs."""
 
 
 class StrictModel(BaseModel):
@@ -87,15 +91,50 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MapoBenchError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise MapoBenchError(f"{path}: line {line} is not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise MapoBenchError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise MapoBenchError(f"{path}: a config must be a YAML mapping of keys, got {type(data).__name__}")
+    _refuse_self_reference(data, path)
     return data
+
+
+MAX_YAML_NODES = 100_000  # a config is tens of keys; aliases that expand past this are an alias bomb
+
+
+def _refuse_self_reference(data: Any, path: Path) -> None:
+    """Refuse an anchor used inside itself (``a: &x [*x]``, a cycle no config can mean) and alias bombs.
+
+    PyYAML's safe_load builds such a cycle as a list that contains itself; every later step (validation,
+    hashing, dumping) would recurse without end. Walks the tree as it would be expanded, stopping early.
+    """
+    nodes = 0
+    stack: list[tuple[Any, str, frozenset[int]]] = [(data, "", frozenset())]
+    while stack:
+        node, where, ancestors = stack.pop()
+        nodes += 1
+        if nodes > MAX_YAML_NODES:
+            raise MapoBenchError(f"{path}: expands to more than {MAX_YAML_NODES} values (aliases of aliases?); "
+                                 "write the values out")
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in ancestors:
+            raise MapoBenchError(f"{path}: key {where or '(top)'} refers to itself (an anchor used inside itself); "
+                                 "a config cannot be self-referencing")
+        inside = ancestors | {id(node)}
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            stack.append((value, f"{where}.{key}" if where else str(key), inside))
 
 
 def _fields_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

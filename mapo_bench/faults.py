@@ -4,9 +4,11 @@
 :func:`point` kill its process group with SIGKILL there (only the process itself when it does not lead a
 group, so a test harness in the same group survives). ``<stage>:<point>!enospc[@N]`` raises the error a
 full disk raises instead (``OSError(ENOSPC)`` naming the file being written), which the command reports in
-one line. Unset, :func:`point` costs one dictionary lookup.
+one line. ``MAPO_BENCH_FAULT_ONCE=FILE`` fires the fault only in the first process to reach it (which creates
+FILE): a job that is retried in a fresh process (a Ray task) then passes. Unset, :func:`point` costs one
+dictionary lookup.
 The points (``POINTS``) sit just before or after the writes a crash could tear: inside a checkpoint write,
-between a shard's pieces and its rename, between the last image and the index, before an output folder's
+inside a cache shard's or an image's write (the temp file written, not renamed), between a shard's pieces and its rename, between the last image and the index, before an output folder's
 rename.
 """
 
@@ -18,12 +20,14 @@ import signal
 from pathlib import Path
 
 ENV_VAR = "MAPO_BENCH_FAULT"
+ONCE_VAR = "MAPO_BENCH_FAULT_ONCE"
 POINTS = (
     "build:after-batch", "build:before-shard-rename", "build:before-manifest",
-    "train:after-step", "train:inside-checkpoint", "train:after-checkpoint", "train:before-export-rename",
-    "sample:after-batch", "sample:before-index",
-    "eval:before-rename",
-    "mismatch:before-write",
+    "train:after-cache", "train:inside-cache-shard", "train:after-step", "train:inside-checkpoint",
+    "train:after-checkpoint", "train:before-export-rename",
+    "sample:inside-image", "sample:after-batch", "sample:before-index",
+    "eval:after-batch", "eval:before-rename",
+    "mismatch:after-reference", "mismatch:before-write",
     "report:before-rename",
     "run:before-marker", "run:after-marker", "run:before-selection",
 )
@@ -42,6 +46,12 @@ def point(name: str, writing: str | Path | None = None) -> None:
         return
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == int(nth or 1):
+        once = os.environ.get(ONCE_VAR)
+        if once:
+            try:
+                Path(once).touch(exist_ok=False)
+            except FileExistsError:
+                return
         if kind == "enospc":
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})",
                           str(writing) if writing is not None else None)

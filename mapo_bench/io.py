@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,8 +22,10 @@ from typing import Any
 MANIFEST = "manifest.json"
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+def write_bytes_atomic(path: str | Path, data: bytes, fault: str | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
+
+    ``fault``: a fault point reached between the written temp file and its rename (issue 15's kill tests)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,6 +37,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         mask = os.umask(0)  # mkstemp makes 0600 files; give the usual 0666 & ~umask
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
+        if fault:
+            from mapo_bench import faults
+
+            faults.point(fault, path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -46,13 +53,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_png_atomic(path: str | Path, image: Any) -> Path:
+def write_png_atomic(path: str | Path, image: Any, fault: str | None = None) -> Path:
     """A PIL image as a PNG file (lossless: toy images keep their pixel cues), written atomically."""
     import io as stdlib_io
 
     buffer = stdlib_io.BytesIO()
     image.save(buffer, format="PNG")
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue(), fault)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -167,11 +174,12 @@ class Stopwatch:
 
 @contextlib.contextmanager
 def hold_lock(path: str | Path, shared: bool = False, enabled: bool = True,
-              busy: str = "in use by another process") -> Iterator[None]:
+              busy: str = "in use by another process", wait: bool = False) -> Iterator[None]:
     """Hold an advisory ``flock`` on ``path`` (created if missing) for the block, or fail at once with
     ``MapoBenchError(busy)``. The kernel drops it when the process ends, even on kill -9, so a crash
     never leaves a stale lock. ``shared``: many holders at once, none exclusive. ``enabled=False``: no-op
-    (ranks other than 0 under a launcher)."""
+    (ranks other than 0 under a launcher). ``wait``: a cache's lock; say ``busy`` once on stderr and wait
+    for the holder instead of failing (it may be filling what this process wants)."""
     if not enabled:
         yield
         return
@@ -180,12 +188,16 @@ def hold_lock(path: str | Path, shared: bool = False, enabled: bool = True,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             from mapo_bench.errors import MapoBenchError
 
-            raise MapoBenchError(busy) from None
+            if not wait:
+                raise MapoBenchError(busy) from None
+            print(busy, file=sys.stderr, flush=True)
+            fcntl.flock(handle, mode)
         try:
             yield
         finally:

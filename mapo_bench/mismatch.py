@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mapo_bench import faults
-from mapo_bench.config import SamplerConfig, StrictModel, config_hash
+from mapo_bench.config import SamplerConfig, Seed, StrictModel, config_hash
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.registry import toy_world
 
@@ -38,7 +38,7 @@ class MismatchConfig(StrictModel):
     device: str = "cpu"
     timesteps: int = Field(8, ge=1, description="grid of evenly spaced timesteps in (0, T)")
     noises: int = Field(2, ge=1, description="noise draws per timestep and image")
-    seed: int = 0
+    seed: Seed = 0
     max_pairs: int | None = 256
     batch_size: int = 32
     resolution: int | None = None  # None: the images' own size
@@ -235,6 +235,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
             batch = ref_captions[start:start + cfg.batch_size]
             ref_images += backend.generate(batch, [hash_seed(cfg.seed, 7, start + i) % 2**31 for i in range(len(batch))],
                                            sampler)
+        faults.point("mismatch:after-reference")
         size = images[0][0].size
         ref_images = [im.resize(size) if im.size != size else im for im in ref_images]
         ref_features = image_features(ref_images, kind, cfg.feature_model)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from mapo_bench.config import StrictModel
+from mapo_bench.config import Seed, StrictModel
 from mapo_bench.registry import EVALUATORS, METHODS, TASKS
 
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -119,7 +119,7 @@ class EvalSpec(StrictModel):
     test_prompts: str
     prompts_help: str | None = Field(None, description="where to get prompt files the pipeline names (said when one "
                                                        "is missing, before anything runs)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     metrics: list[str]
     preference_metric: dict[str, str] = Field(default_factory=dict, description="task -> metric")
     fidelity_metric: str
@@ -142,7 +142,7 @@ class EvalSpec(StrictModel):
     sample: dict[str, Any] = Field(default_factory=dict, description="extra sample keys")
     eval: dict[str, Any] = Field(default_factory=dict, description="extra eval keys")
     resamples: int = 1000
-    bootstrap_seed: int = 0
+    bootstrap_seed: Seed = 0
 
     @field_validator("metrics")
     @classmethod
@@ -184,12 +184,15 @@ class PipelineSpec(StrictModel):
                                             "for every stage (e.g. sd3: {text_encoder_3: null})")
     datasets: list[DatasetSpec]
     methods: dict[str, MethodSpec]
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="training seeds")
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], description="training seeds")
     matched: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method -> fixed values of the "
                                                "matched view (every seed, test prompts, beside the tuned view)")
     mismatch: dict[str, Any] = Field(default_factory=dict, description="extra mismatch keys")
     eval: EvalSpec
     estimates_s: dict[str, float] = Field(default_factory=dict, description="seconds per job kind for --dry-run")
+    resources: dict[str, Any] = Field(default_factory=dict, description="what a job asks of --executor ray / slurm: "
+                                      "gpus, cpus, mem_gb, time_min, partition, account, constraint; a block per "
+                                      "job kind (train: {gpus: 4}) overrides the defaults")
     rating: RatingSpec = Field(default_factory=RatingSpec, description="defaults of the rating page")
     published: PublishedSpec | None = None
 

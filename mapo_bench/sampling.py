@@ -80,20 +80,27 @@ def image_key(cfg: SampleConfig) -> str:
     return config_hash({**cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS), "noise": NOISE_SCHEME})
 
 
-def prepare_folder(cfg: SampleConfig) -> None:
-    """Create ``out`` or check that what it holds was made by the same model and sampler."""
+def check_folder(cfg: SampleConfig) -> None:
+    """Refuse an ``out`` this stage did not write, or one of another model and sampler (no overwrite)."""
     out = Path(cfg.out)
-    key = image_key(cfg)
     key_path = out / KEY_FILE
     if out.exists() and any(out.iterdir()):
         held = read_json(key_path).get("image_key") if key_path.is_file() else None
         if held is None:  # never delete a folder this stage did not write
             raise MapoBenchError(f"{out} exists and is not a sample folder; choose another --out")
-        if held != key and not cfg.overwrite:
+        if held != image_key(cfg) and not cfg.overwrite:
             raise MapoBenchError(f"{out} holds images of another model, fine-tune, sampler or prompt source; "
                                  "pass overwrite=true to replace them or choose another --out")
-        if cfg.overwrite:  # replace: no image of the old folder is kept (it may have been changed since)
-            shutil.rmtree(out)
+
+
+def prepare_folder(cfg: SampleConfig) -> None:
+    """Create ``out`` (emptied first on overwrite) after :func:`check_folder`; record what its images depend on."""
+    out = Path(cfg.out)
+    key = image_key(cfg)
+    key_path = out / KEY_FILE
+    check_folder(cfg)
+    if out.exists() and any(out.iterdir()) and cfg.overwrite:  # no old image is kept (it may have been changed)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / MANIFEST, out / INDEX):  # the folder reads as complete only once this run ends
         stale.unlink(missing_ok=True)
@@ -147,18 +154,20 @@ def sample(cfg: SampleConfig) -> Path:
     if not cfg.overwrite and manifest_matches(out, full_hash) and (out / INDEX).is_file() and _complete(out, items):
         return out
     state = PartialState(cpu=on_cpu(cfg.device))
-    if state.is_main_process:
-        prepare_folder(cfg)
-    state.wait_for_everyone()
     watch = Stopwatch()
-    mine = items[state.process_index::state.num_processes]
-    todo = [item for item in mine if not (out / image_file(item[0], item[2])).is_file()]
     backend = None
-    sampler = None
-    if todo or state.is_main_process:
+    if state.is_main_process:  # a folder or a model that is refused is refused before the folder is touched
+        check_folder(cfg)
         with watch.time("load"):
             backend = load_model(cfg, cfg.device or str(state.device))
-        sampler = cfg.sampler or backend.default_sampler
+        prepare_folder(cfg)
+    state.wait_for_everyone()
+    mine = items[state.process_index::state.num_processes]
+    todo = [item for item in mine if not (out / image_file(item[0], item[2])).is_file()]
+    if todo and backend is None:
+        with watch.time("load"):
+            backend = load_model(cfg, cfg.device or str(state.device))
+    sampler = (cfg.sampler or backend.default_sampler) if backend is not None else None
     with watch.time("generate"):
         _generate(backend, sampler, todo, out, cfg.batch_size, cfg.prompt_prefix, show=state.is_main_process and not quiet())
     state.wait_for_everyone()
@@ -195,7 +204,7 @@ def _generate(backend: Any, sampler: Any, todo: list[tuple[int, str, int]], out:
             if len(images) != len(batch):
                 raise MapoBenchError(f"backend {backend.name} returned {len(images)} images for {len(batch)} prompts")
             for (pid, _, seed), image in zip(batch, images, strict=True):
-                write_png_atomic(out / image_file(pid, seed), image)
+                write_png_atomic(out / image_file(pid, seed), image, fault="sample:inside-image")
             progress.advance(task, len(batch))
             faults.point("sample:after-batch", out / image_file(*batch[-1][::2]))
 

@@ -1,4 +1,6 @@
-"""Two processes filling one latent / caption cache at once (issue 15): the cache stays consistent.
+"""Two processes filling one of mapo-bench's caches at once (issue 15): the cache stays consistent.
+
+Latent / caption cache:
 
 Shards are append-only files written under a unique name and renamed into place, and a reader keeps the
 first copy of a row; so two trainers that start together may both encode a row, but every shard either
@@ -84,3 +86,88 @@ def test_two_processes_filling_one_cache_agree_with_one_process(tmp_path, tiny_s
             for offset, row in enumerate(handle.get_tensor("rows").tolist()):
                 copies.setdefault(row, []).append(handle.get_tensor("mean")[offset])
     assert all(torch.equal(c, cs[0]) for cs in copies.values() for c in cs)
+
+
+def start_together(script: str, args: list[str], go, env: dict | None = None, count: int = 2) -> list[tuple[str, str]]:
+    """Run ``count`` copies of ``script`` that wait for ``go`` to appear; (last stdout line, stderr) of each,
+    after all succeed."""
+    import os
+
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+             for _ in range(count)]
+    time.sleep(0.5)
+    go.write_text("go")
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+    return [(out.strip().splitlines()[-1], err) for out, err in results]
+
+
+TOKENIZER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    go = Path(sys.argv[1])
+    while not go.exists():
+        time.sleep(0.01)
+    from mapo_bench.clip_tokenizer import load_clip_tokenizer
+    print(load_clip_tokenizer()("a small red circle on the left")["input_ids"])
+""")
+
+
+def test_two_processes_building_the_tokenizer_cache_agree_with_one(tmp_path):
+    """The CLIP tokenizer folder is built on first use: two first uses at once both load it, leave only its
+    files, and the files equal one process's build byte for byte."""
+    shared = start_together(TOKENIZER, [], tmp_path / "go", env={"MAPO_BENCH_CACHE": str(tmp_path / "shared")})
+    alone = start_together(TOKENIZER, [], tmp_path / "go-alone", env={"MAPO_BENCH_CACHE": str(tmp_path / "alone")},
+                           count=1)
+    assert shared[0][0] == shared[1][0] == alone[0][0]
+    files = sorted(p.name for p in (tmp_path / "shared" / "clip-tokenizer").iterdir())
+    assert files == ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    for name in files:
+        assert (tmp_path / "shared" / "clip-tokenizer" / name).read_bytes() == \
+            (tmp_path / "alone" / "clip-tokenizer" / name).read_bytes()
+
+
+PRETRAIN = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import mapo_bench.toy.gate as gate
+    from mapo_bench.toy.config import ToyPretrainConfig
+    from mapo_bench.toy.pretrain import pretrain
+    from mapo_bench.toy.tiny import TINY_MODEL
+
+    out, go = Path(sys.argv[1]), Path(sys.argv[2])
+    captions = gate.gate_captions()[::12]
+    gate.gate_captions = lambda: captions  # a few gate captions: the same code path, fast
+    cfg = ToyPretrainConfig.model_validate({
+        "out": str(out), "processes": 1, "steps": 3, "batch_size": 4, "checkpoint_every": 2, "model": TINY_MODEL,
+        "data": {"pool_size": 24}, "evaluators": {"steps": 3, "pool_size": 24, "batch_size": 8, "width": 8},
+        "gate": {"seeds_per_caption": 1, "enforce": False, "reason": "tiny test base"},
+        "sampler": {"steps": 1, "guidance": 2.0}})
+    while not go.exists():
+        time.sleep(0.01)
+    pretrain(cfg)
+    print(json.loads((out / "manifest.json").read_text())["config_hash"])
+""")
+
+
+def test_two_processes_pretraining_one_toy_base_agree_with_one(tmp_path):
+    """Two pretrains of one config into one folder (the toy-base cache) at once: the second waits for the
+    first and takes its base; the folder's weights equal a base one process pretrained alone, and no work or
+    temp folder is left."""
+    from mapo_bench.integrity import file_records
+    from mapo_bench.toy.shipped import base_files
+
+    shared = start_together(PRETRAIN, [tmp_path / "shared" / "base"], tmp_path / "go")
+    alone = start_together(PRETRAIN, [tmp_path / "alone" / "base"], tmp_path / "go-alone", count=1)
+    assert shared[0][0] == shared[1][0] == alone[0][0]
+    assert sum("another process is pretraining this toy base; waiting" in err for _, err in shared) == 1
+    leftovers = sorted(p.name for p in (tmp_path / "shared").iterdir() if p.name not in ("base", ".base.lock"))
+    assert leftovers == []
+
+    def weights(folder):
+        return {path: r["sha256"] for path, r in file_records(folder, base_files(folder)).items()
+                if path.endswith(".safetensors")}
+
+    assert weights(tmp_path / "shared" / "base") == weights(tmp_path / "alone" / "base") != {}

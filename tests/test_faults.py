@@ -89,9 +89,12 @@ def test_killed_at_a_named_point_then_resumed_gives_the_same_outputs(world, tmp_
     if stage == "mismatch":
         shutil.copytree(root / "ref-dataset", out)
     fault = name + ("@2" if name in ("build:after-batch", "sample:after-batch", "train:after-step") else "")
-    killed = cli(run[stage](out), fault)
+    args = run[stage](out)
+    if name == "train:inside-cache-shard":  # the shared cache is full: this point needs one of its own
+        args = [*args[:-2], f"cache.dir={tmp_path / 'cache'}", *args[-2:]]
+    killed = cli(args, fault)
     assert killed.returncode == -9, f"{name} was not reached: {killed.stderr[-500:]}"
-    resumed = cli(run[stage](out))
+    resumed = cli(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reference = root / {"build": "ref-dataset", "train": "ref-train", "sample": "ref-samples",
                         "eval": "ref-eval", "mismatch": "ref-mismatch"}[stage]
@@ -220,3 +223,52 @@ def test_a_run_killed_at_a_named_point_then_resumed_gives_the_same_results(tiny_
     resumed = cli(["run", str(pipeline), "--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert comparable_results(out) == comparable_results(reference)
+
+
+# -- tiny SDXL: the same kills on a real model family (latent cache, two text encoders, micro-conditioning) ----
+SDXL_DEFAULT = {"train:inside-cache-shard"}
+SDXL_POINTS = {"build:before-shard-rename": "", "train:after-cache": "", "train:inside-cache-shard": "",
+               "train:after-step": "@2", "train:inside-checkpoint": "", "sample:after-batch": "@2"}
+
+
+@pytest.fixture(scope="module")
+def sdxl_world(tmp_path_factory):
+    """A tiny SDXL pipeline, a pair dataset and the uninterrupted outputs of build, train and sample."""
+    from pairs_fixture import write_pairs
+
+    from mapo_bench.testing import build_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("faults-sdxl")
+    model = build_tiny_sdxl(root / "sdxl")
+    write_pairs(root / "pairs", n=6, size=(32, 32))
+
+    def command(stage: str, out: Path, cache: Path) -> list[str]:
+        return {
+            "build": ["build-dataset", "pick-safety", "--backend", "sdxl", "--model", str(model), "--num-prompts",
+                      "4", "--batch-size", "2", "shard_size=4", "sampler.steps=2", "sampler.height=32",
+                      "sampler.width=32", "--out", str(out)],
+            "train": ["train", "--method", "mapo", "--backend", "sdxl", "--model", str(model), "--dataset",
+                      str(root / "pairs"), "max_steps=4", "checkpoint_every=2", "batch_size=2", "data.resolution=32",
+                      "log.progress=false", f"cache.dir={cache}", "--out", str(out)],
+            "sample": ["sample", "--backend", "sdxl", "--model", str(model), "--prompts", "toy:test", "num_prompts=2",
+                       "--seeds", "0,1", "batch_size=2", "sampler.steps=2", "sampler.height=32", "sampler.width=32",
+                       "--out", str(out)],
+        }[stage]
+
+    for stage in ("build", "train", "sample"):
+        result = cli(command(stage, root / f"ref-{stage}", root / "ref-cache"))
+        assert result.returncode == 0, result.stderr[-2000:]
+    return root, command
+
+
+@pytest.mark.parametrize("name", [pytest.param(p, marks=() if p in SDXL_DEFAULT else pytest.mark.slow) for p in SDXL_POINTS])
+def test_tiny_sdxl_killed_at_a_named_point_then_resumed_gives_the_same_outputs(sdxl_world, tmp_path, name):
+    """Each kill in a fresh output folder and a fresh latent cache (the cache's kill points need one)."""
+    root, command = sdxl_world
+    stage = name.split(":")[0]
+    args = command(stage, tmp_path / "out", tmp_path / "cache")
+    killed = cli(args, name + SDXL_POINTS[name])
+    assert killed.returncode == -9, f"{name} was not reached: {killed.stderr[-500:]}"
+    resumed = cli(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert record(stage, tmp_path / "out") == record(stage, root / f"ref-{stage}")

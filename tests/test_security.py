@@ -428,6 +428,8 @@ def test_a_decompression_bomb_is_one_line_naming_the_row_or_file(tmp_path):
     with pytest.raises(MapoBenchError, match=r"row 3 column 'jpg_0': cannot decode image \(DecompressionBombError\)") as info:
         decode_image(bomb_png(), 3, "jpg_0", "pairs")
     assert "\n" not in str(info.value)
+    with pytest.raises(MapoBenchError, match="DecompressionBombError"):  # 100 M px: Pillow only warns; refused
+        decode_image(bomb_png(10_000, 10_000), 3, "jpg_0", "pairs")
     dataset = write_pairs(tmp_path / "pairs", n=2)
     shard = next((dataset / "data").glob("*.parquet"))
     frame = pd.read_parquet(shard)

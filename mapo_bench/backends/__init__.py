@@ -14,3 +14,12 @@ def load_backend(name: str, model: str | None = None, **options) -> Backend:
 
     cls = BACKENDS.get(name)
     return cls.load(model or cls.default_model, **options)
+
+
+def backend_hint(pipeline_class: str | None) -> str:
+    """What to tell a user whose model folder holds ``pipeline_class`` (model_index.json's _class_name)."""
+    from mapo_bench.registry import BACKENDS
+
+    owner = next((n for n in BACKENDS.names()
+                  if pipeline_class and getattr(BACKENDS.get(n), "pipeline_class_name", None) == pipeline_class), None)
+    return f"pass --backend {owner}" if owner else "no mapo-bench backend loads it"

@@ -131,6 +131,26 @@ class Backend(ABC):
             return self.noise_scheduler.get_velocity(x0, noise, timesteps)
         raise ValueError(f"unsupported prediction_type {kind!r}")
 
+    # Tokenizer component -> the token length the pipeline encodes at, where it is not the tokenizer's own
+    # model_max_length (the T5 of SD3 and FLUX: encode_prompt's max_sequence_length default).
+    text_token_limits: ClassVar[dict[str, int]] = {}
+
+    def truncated_captions(self, captions: list[str]) -> int:
+        """How many ``captions`` are longer than a text encoder reads (it then sees only their first tokens).
+
+        Counted per tokenizer of the pipeline (``tokenizer``, ``tokenizer_2``, ``tokenizer_3``), special
+        tokens included, against the length the pipeline encodes at; a caption counts once.
+        """
+        over: set[int] = set()
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            tokenizer = getattr(self.pipeline, name, None)
+            if tokenizer is None or not captions:
+                continue
+            limit = self.text_token_limits.get(name, tokenizer.model_max_length)
+            ids = tokenizer(list(captions), truncation=False, verbose=False)["input_ids"]
+            over.update(i for i, row in enumerate(ids) if len(row) > limit)
+        return len(over)
+
     def offload_text_encoders(self) -> list[str]:
         """Move the text encoders to the CPU once every caption's embeddings are cached: training then never
         calls them (SD3.5's T5-XXL is about 9.5 GB in bf16 that need not stay on the GPU). Returns the names

@@ -30,6 +30,7 @@ class FluxBackend(FlowMatchingBackend):
     default_weighting_scheme: ClassVar[str] = "none"  # diffusers' FLUX DreamBooth LoRA script
     flow_options: ClassVar[tuple[str, ...]] = (*FlowMatchingBackend.flow_options, "guidance")
     default_training_guidance: ClassVar[float] = 3.5
+    text_token_limits: ClassVar[dict[str, int]] = {"tokenizer_2": 512}  # encode_prompt's max_sequence_length (T5)
 
     def configure(self, guidance: float | None = None, **flow: Any) -> None:
         super().configure(**flow)
@@ -38,7 +39,7 @@ class FluxBackend(FlowMatchingBackend):
     @classmethod
     def check_model_folder(cls, folder: Path, model: str) -> dict[str, Any]:
         index = super().check_model_folder(folder, model)
-        t5 = index.get("text_encoder_2") if index else ["transformers", "T5EncoderModel"]
+        t5 = index.get("text_encoder_2")
         if not (isinstance(t5, list) and t5 and t5[0]) or not (folder / "text_encoder_2").is_dir():
             raise MapoBenchError(f"{model}: a FLUX model needs its T5 encoder (text_encoder_2) and this copy has "
                                  "none; download the full repository (T5 is not optional for FLUX)")

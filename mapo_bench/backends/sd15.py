@@ -80,21 +80,25 @@ class SD15Backend(Backend):
 
     @classmethod
     def check_model_folder(cls, folder: Path, model: str) -> dict[str, Any]:
-        """One line, before any weight is read, when ``folder`` holds another family's pipeline; returns its
-        ``model_index.json`` (empty when there is none: a single component folder)."""
+        """One line, before any weight is read, when ``folder`` holds another family's pipeline (a toy
+        model included) or no pipeline at all; returns its ``model_index.json``."""
+        from mapo_bench.toy.model import PIPELINE_FILE
+
         index_file = folder / "model_index.json"
         if not index_file.is_file():
-            return {}
-        index = json.loads(index_file.read_text())
+            hint = ("a toy model: pass --backend toy (or toy-flow)" if (folder / PIPELINE_FILE).is_file()
+                    else f"pass the folder of a whole {cls.pipeline_class_name} (hub layout) or its hub id")
+            raise MapoBenchError(f"{model}: not a diffusers pipeline folder (no model_index.json); {hint}")
+        try:
+            index = json.loads(index_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MapoBenchError(f"{index_file}: not valid JSON; restore the model folder") from None
         found = index.get("_class_name")
         if found and found != cls.pipeline_class_name:
-            from mapo_bench.registry import BACKENDS
+            from mapo_bench.backends import backend_hint
 
-            owner = next((n for n in BACKENDS.names() if getattr(BACKENDS.get(n), "pipeline_class_name", None) == found),
-                         None)
-            hint = f"pass --backend {owner}" if owner else "no mapo-bench backend loads it"
             raise MapoBenchError(f"{model}: a {found}, not the {cls.pipeline_class_name} backend {cls.name!r} "
-                                 f"loads; {hint}")
+                                 f"loads; {backend_hint(found)}")
         return index
 
     def record(self) -> dict[str, Any]:

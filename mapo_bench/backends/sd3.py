@@ -26,6 +26,7 @@ class SD3Backend(FlowMatchingBackend):
     default_sampler: ClassVar[SamplerConfig] = SamplerConfig(steps=40, guidance=4.5)
     pipeline_class_name: ClassVar[str] = "StableDiffusion3Pipeline"
     default_weighting_scheme: ClassVar[str] = "logit_normal"  # diffusers' SD3 DreamBooth LoRA script
+    text_token_limits: ClassVar[dict[str, int]] = {"tokenizer_3": 256}  # encode_prompt's max_sequence_length
     @classmethod
     def pipeline_options(cls, model: str, options: dict[str, Any]) -> dict[str, Any]:
         if "text_encoder_3" in options:

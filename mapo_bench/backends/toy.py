@@ -60,6 +60,12 @@ class ToyBackend(Backend):
         model = model or cls.default_model
         folder = resolve_toy_model(model)
         if not (folder / PIPELINE_FILE).is_file():
+            if (folder / "model_index.json").is_file():
+                from mapo_bench.backends import backend_hint
+                from mapo_bench.io import read_json
+
+                found = read_json(folder / "model_index.json").get("_class_name")
+                raise MapoBenchError(f"{folder}: a {found or 'diffusers pipeline'}, not a toy model; {backend_hint(found)}")
             if unet is None and ((folder / "config.json").is_file() or (folder / "unet" / "config.json").is_file()):
                 unet = str(folder)
             elif lora is None and (folder.is_file() or any((folder / n).is_file() for n in LORA_FILES)):
@@ -132,6 +138,11 @@ class ToyBackend(Backend):
     @torch.no_grad()
     def encode_prompts(self, captions: list[str]) -> Conditioning:
         return self.pipeline.encode_prompt(list(captions))
+
+    def truncated_captions(self, captions: list[str]) -> int:
+        """Captions longer than the toy text encoder's ``max_length`` tokens."""
+        tokenizer = self.pipeline.tokenizer
+        return sum(count > tokenizer.max_length for count in tokenizer.token_counts(list(captions)))
 
     def predict(self, unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
                 conditioning: Conditioning) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mapo_bench.config import SamplerConfig, StrictModel
+from mapo_bench.config import SamplerConfig, Seed, StrictModel
 from mapo_bench.registry import toy_world
 
 REAL_STYLE_SPLITS = ("cartoon", "pixel-art")
@@ -41,7 +41,7 @@ class BuildConfig(StrictModel):
     device: str = "cpu"
     prompts: str | None = Field(None, description="prompt source (None: builtin:train, or toy:train for toy)")
     num_prompts: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     pairs_per_prompt: int = Field(1, ge=1)
     sampler: SamplerConfig | None = None
     batch_size: int = Field(4, ge=1, description="pairs per generate call (2 x images)")

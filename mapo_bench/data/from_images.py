@@ -103,7 +103,10 @@ class FromImages(Task):
         return self._digest
 
     def manifest_extra(self) -> dict[str, Any]:
+        from mapo_bench.data.imagefolder import conversion_counts
+
         return {"content_digest": self.content_digest(), "images": {"folder": str(self.images), "source": self.image_source, "license": self.image_license,
+                           "converted_to_rgb": conversion_counts(self.folder.images),
                            "files": [{"file": str(image.file.relative_to(self.folder.root)),
                                       "original_size": list(image.original_size)} for image in self.folder.images]}}
 

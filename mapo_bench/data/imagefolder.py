@@ -34,6 +34,7 @@ class FolderImage:
     model: str | None
     original_size: tuple[int, int]
     image: Any = field(repr=False, compare=False)
+    converted: tuple[str, ...] = ()  # what decoding changed: "from CMYK", "from I;16", "EXIF-rotated", ...
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,56 @@ def folder_digest(images: list[FolderImage]) -> str:
     return digest.hexdigest()
 
 
-def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
-    """Decode ``path`` fully, apply its EXIF orientation, convert to RGB; returns (image, size as stored)."""
-    from PIL import Image, ImageOps
+MAX_PIXELS = 64_000_000  # 8000 x 8000: far above any training or sample image; beyond it a file is a bomb
 
-    with Image.open(path) as opened:
+
+def open_image(source: Any) -> Any:
+    """``Image.open`` of a path or file object that refuses more than MAX_PIXELS before decoding.
+
+    PIL itself only warns up to twice its own limit (about 179 M pixels, 0.5 GB as RGB); this raises
+    ``Image.DecompressionBombError``, which every reader already reports as an undecodable file.
+    """
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():  # Pillow's own warning fires above 89 M px: refused below, said once
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(source)
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise Image.DecompressionBombError(f"{width}x{height} pixels, more than the {MAX_PIXELS} allowed")
+    return image
+
+
+def decode_upright_rgb(source: Any) -> tuple[Any, tuple[int, int], tuple[str, ...]]:
+    """Decode fully, apply the EXIF orientation, convert to RGB: (image, size as stored, what changed)."""
+    from PIL import ImageOps
+
+    with open_image(source) as opened:
         opened.load()
         size = opened.size
-        upright = ImageOps.exif_transpose(opened)
-        image = to_rgb(upright)
+        changed = [] if opened.mode == "RGB" else [f"from {opened.mode}"]
+        if opened.getexif().get(0x0112, 1) != 1:  # the EXIF Orientation tag
+            changed.append("EXIF-rotated")
+        image = to_rgb(ImageOps.exif_transpose(opened))
+    return image, size, tuple(changed)
+
+
+def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
+    """Decode ``path`` fully, apply its EXIF orientation, convert to RGB; returns (image, size as stored)."""
+    image, size, _ = decode_upright_rgb(path)
     return image, size
+
+
+def conversion_counts(images: list[FolderImage]) -> dict[str, int]:
+    """How many images each conversion touched (for a manifest): {"from CMYK": 2, "EXIF-rotated": 1}."""
+    counts: dict[str, int] = {}
+    for record in images:
+        for change in record.converted:
+            counts[change] = counts.get(change, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def to_rgb(image: Any) -> Any:
@@ -93,7 +134,7 @@ def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool
     for where, relative, meta in entries:
         path = root / relative
         try:
-            image, size = load_upright_rgb(path)
+            image, size, converted = decode_upright_rgb(path)
         except Exception as exc:  # noqa: BLE001 - PIL raises several types for corrupt or huge files
             reason = f"cannot decode image ({type(exc).__name__})"
             if not skip_bad:
@@ -105,7 +146,8 @@ def read_image_folder(folder: str | Path, *, min_images: int = 1, skip_bad: bool
         if require_prompts and prompt is None:
             raise MapoBenchError(f"{path}{where}: no caption; give each image a 'prompt' in {root / METADATA_FILE}")
         images.append(FolderImage(file=path, prompt=prompt, seed=_seed(meta, path, where),
-                                  model=_model(meta, path, where), original_size=size, image=image))
+                                  model=_model(meta, path, where), original_size=size, image=image,
+                                  converted=converted))
     if len(images) < min_images:
         found = f"{len(images)} usable image(s)" + (f" ({len(skipped)} skipped as bad)" if skipped else "")
         raise MapoBenchError(f"{root}: {found}; at least {min_images} needed")

@@ -55,13 +55,16 @@ class ParquetSource(PairSource):
         self.files = files
         self.offsets: list[int] = []
         digest = hashlib.sha256()
+        pair_ids: dict[Any, int] = {}
         for path in files:
             schema_names = pq.read_schema(path).names
             missing = [c for c in PICKAPIC_COLUMNS if c not in schema_names]
             if missing:
                 raise MapoBenchError(
                     f"{path}: missing column {missing[0]!r} (the Pick-a-Pic layout needs {', '.join(PICKAPIC_COLUMNS)})")
-            table = pq.read_table(path, columns=["caption", *LABEL_COLUMNS])
+            table = pq.read_table(path, columns=["caption", *LABEL_COLUMNS, *(["pair_id"] if "pair_id" in schema_names else [])])
+            if "pair_id" in schema_names:
+                _unique_pair_ids(table.column("pair_id").to_pylist(), path, len(captions), pair_ids)
             self.offsets.append(len(captions))
             captions.extend(_captions(table.column("caption").to_pylist(), path, len(captions)))
             labels.append(_labels(table, path, len(captions) - table.num_rows))
@@ -119,6 +122,8 @@ class HubSource(PairSource):
             self.ds = self.ds.cast_column("jpg_1", datasets.Value("binary"))
         table = self.ds.select_columns(["caption", *LABEL_COLUMNS]).data.table
         captions = _captions(table.column("caption").to_pylist(), name, 0)
+        if "pair_id" in ds.column_names:
+            _unique_pair_ids(self.ds["pair_id"], name, 0, {})
         super().__init__(name, captions, _labels(table, name, 0), str(getattr(ds, "_fingerprint", name)))
 
     def image_bytes(self, row: int, column: str) -> Any:
@@ -141,7 +146,20 @@ def _captions(values: list[Any], where: Any, start: int) -> list[str]:
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise MapoBenchError(f"{where}: row {start + i} column 'caption' is {value!r}, not a string; fix or drop the row")
+        if not value.strip():
+            raise MapoBenchError(f"{where}: row {start + i} column 'caption' is blank ({value!r}); fix or drop the row")
     return values
+
+
+def _unique_pair_ids(values: list[Any], where: Any, start: int, seen: dict[Any, int]) -> None:
+    """A ``pair_id`` column (optional) names each pair once: a repeat is a copied row or a merge gone wrong."""
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value in seen:
+            raise MapoBenchError(f"{where}: row {start + i} column 'pair_id' is {value!r}, which row {seen[value]} "
+                                 "already has; drop the duplicate")
+        seen[value] = start + i
 
 
 def _labels(table: Any, where: Any, start: int) -> np.ndarray:
@@ -189,13 +207,13 @@ def decode_image(value: Any, row: int, column: str, where: str) -> Any:
     if not isinstance(value, (bytes, bytearray)) or not value:
         raise MapoBenchError(f"{where}: row {row} column {column!r} holds no image bytes; fix the row or pass "
                              "data.skip_bad_rows=true")
+    from mapo_bench.data.imagefolder import decode_upright_rgb
+
     try:
-        image = Image.open(io.BytesIO(value))
-        image.load()
+        return decode_upright_rgb(io.BytesIO(value))[0]
     except Exception as exc:  # noqa: BLE001 - PIL raises several types for corrupt data
         raise MapoBenchError(f"{where}: row {row} column {column!r}: cannot decode image ({type(exc).__name__}); "
                              "fix the row or pass data.skip_bad_rows=true") from None
-    return image.convert("RGB")
 
 
 def find_bad_rows(source: PairSource, rows: list[int] | None = None, progress: bool = False) -> dict[int, str]:

@@ -64,20 +64,25 @@ def _where(row: int, shard: Path, local: int, root: Path) -> str:
     return f"row {row} ({name} row {local})"
 
 
-def _decode(data: Any) -> tuple[Any, str | None]:
-    """(size, None) for a decodable image, (None, reason) otherwise. Decodes fully (load), not just the header."""
-    from PIL import Image
+def _decode(data: Any) -> tuple[Any, str | None, tuple[str, ...]]:
+    """(size, None, conversions) for a decodable image, (None, reason, ()) otherwise.
+
+    Decodes fully, as the trainer does (the same size limit, EXIF orientation and RGB conversion), so a
+    file that passes here also loads there; the conversions it needed are counted in the report.
+    """
+    from mapo_bench.data.imagefolder import decode_upright_rgb
 
     if data is None:
-        return None, "missing (null)"
+        return None, "missing (null)", ()
     if not isinstance(data, bytes | bytearray):
-        return None, f"not bytes ({type(data).__name__})"
+        return None, f"not bytes ({type(data).__name__})", ()
+    if not data:
+        return None, "empty (zero bytes)", ()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.size, None
+        _, size, converted = decode_upright_rgb(io.BytesIO(data))
+        return size, None, converted
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
-        return None, f"cannot decode image ({type(exc).__name__}: {str(exc)[:80]})"
+        return None, f"cannot decode image ({type(exc).__name__}: {str(exc)[:80]})", ()
 
 
 def _label(value: Any) -> float | None:
@@ -103,6 +108,7 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
     seen_pairs: dict[tuple[str, str, str], int] = {}
     seen_ids: dict[int, int] = {}
     sizes: dict[tuple[int, int], int] = {}
+    conversions: dict[str, int] = {}  # images the trainer converts on decode (to RGB, EXIF upright)
     columns_seen: list[str] = []
     for shard in shards:
         try:
@@ -125,7 +131,7 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
             for record in batch.to_pylist():
                 row = rows + local
                 where = _where(row, shard, local, root)
-                _check_row(record, where, row, report, ties, sizes)
+                _check_row(record, where, row, report, ties, sizes, conversions)
                 _check_duplicates(record, where, row, report, duplicates, seen_pairs, seen_ids)
                 local += 1
         rows += local
@@ -148,6 +154,7 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
         "ties": len(ties), "tie_rows": ties[:MAX_MESSAGES],
         "duplicates": len(duplicates), "duplicate_rows": duplicates[:MAX_MESSAGES],
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.items()},
+        "converted_on_decode": dict(sorted(conversions.items())),
     }
 
 
@@ -178,7 +185,7 @@ def _check_types(schema: Any, shard: Path, report: Report) -> None:
 
 
 def _check_row(record: dict[str, Any], where: str, row: int, report: Report, ties: list[int],
-               sizes: dict[tuple[int, int], int]) -> None:
+               sizes: dict[tuple[int, int], int], conversions: dict[str, int]) -> None:
     caption = record.get("caption", "")
     if "caption" in record and (not isinstance(caption, str) or not caption.strip()):
         report.error(f"{where}, column caption: empty or missing caption")
@@ -186,7 +193,9 @@ def _check_row(record: dict[str, Any], where: str, row: int, report: Report, tie
     for column in IMAGE_COLUMNS:
         if column not in record:
             continue
-        size, problem = _decode(record[column])
+        size, problem, converted = _decode(record[column])
+        for change in converted:
+            conversions[change] = conversions.get(change, 0) + 1
         if problem:
             report.error(f"{where}, column {column}: {problem}")
         else:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mapo_bench.config import SamplerConfig, StrictModel
+from mapo_bench.config import SamplerConfig, Seed, StrictModel
 
 HPS_VERSIONS = ("v2.1", "v2.0")
 
@@ -27,8 +27,8 @@ class SampleConfig(StrictModel):
     lora: Path | None = None  # LoRA folder loaded with pipe.load_lora_weights
     prompts: str = "builtin:test"  # a source for mapo_bench.data.prompts (builtin:test, toy:test, files, hf://)
     num_prompts: int | None = Field(default=None, ge=1)  # None = every prompt of the source
-    prompt_seed: int = 0  # which num_prompts prompts are drawn (same for every model)
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    prompt_seed: Seed = 0  # which num_prompts prompts are drawn (same for every model)
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     prompt_prefix: str | None = None  # prompt the model with this prefix; the index keeps the plain prompt
     sampler: SamplerConfig | None = None  # None = the backend's default sampler
     batch_size: int = Field(default=4, ge=1)

@@ -144,6 +144,7 @@ def score_table(table: Any, evaluators: dict[str, Evaluator], context: ScoreCont
                 columns["score"] += scores.tolist()
                 columns["higher_is_better"] += [bool(evaluator.higher_is_better)] * len(batch)
             progress.advance(task, len(batch))
+            faults.point("eval:after-batch")
     return pd.DataFrame(columns)
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mapo_bench.config import SamplerConfig, StrictModel
+from mapo_bench.config import SamplerConfig, Seed, StrictModel
 
 
 class ToyModelConfig(StrictModel):
@@ -94,7 +94,7 @@ class ToyPretrainConfig(StrictModel):
     # Take the weights of a finished base with the same training hash (shipped, cached or out) and only
     # re-measure the gate; false retrains from scratch (to check that a run reproduces the shipped bytes).
     reuse_weights: bool = True
-    seed: int = 0
+    seed: Seed = 0
     # What the UNet learns: "v" (v prediction on the cosine DDPM schedule, the shipped ``toy`` base) or "flow"
     # (rectified flow: x_t = (1 - sigma) x0 + sigma noise, target noise - x0; the ``toy-flow`` base).
     objective: Literal["v", "flow"] = "v"

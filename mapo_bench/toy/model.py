@@ -111,6 +111,11 @@ class ToyTokenizer:
     def vocab_size(self) -> int:
         return len(self.clip_ids) + 3
 
+    def token_counts(self, captions: list[str]) -> list[int]:
+        """Tokens of each caption before truncation to ``max_length``, BOS and EOS included."""
+        tok = _clip_tokenizer()
+        return [len(tok(text, add_special_tokens=False)["input_ids"]) + 2 for text in captions]
+
     def __call__(self, captions: list[str]) -> torch.Tensor:
         tok = _clip_tokenizer()
         rows = []

@@ -329,15 +329,21 @@ def pretrain(cfg: ToyPretrainConfig) -> Path:
     ``cfg.processes > 1`` the work runs in that many spawned CPU processes (:mod:`mapo_bench.toy.parallel`).
     """
     from mapo_bench.errors import MapoBenchError
-    from mapo_bench.io import manifest_matches
+    from mapo_bench.io import hold_lock, manifest_matches
     from mapo_bench.toy.parallel import run_in_processes
 
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
     if manifest_matches(out, toy_config_hash(cfg)) and not cfg.overwrite:
         return out
-    if out.exists() and not cfg.overwrite:
-        raise MapoBenchError(f"{out} exists with another config; pass overwrite=true or another out=")
-    run_in_processes(_pretrain_rank, cfg.processes, cfg, out)
+    # One pretrain per folder at a time (they would share the work folder): a second waits, then finds the
+    # base the first wrote (the default out is a cache keyed by the config).
+    with hold_lock(out.with_name(f".{out.name}.lock"), wait=True,
+                   busy=f"{out}: another process is pretraining this toy base; waiting for it"):
+        if manifest_matches(out, toy_config_hash(cfg)) and not cfg.overwrite:
+            return out
+        if out.exists() and not cfg.overwrite:
+            raise MapoBenchError(f"{out} exists with another config; pass overwrite=true or another out=")
+        run_in_processes(_pretrain_rank, cfg.processes, cfg, out)
     return out
 
 

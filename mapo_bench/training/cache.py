@@ -174,7 +174,8 @@ class LatentCache:
         from safetensors.torch import save
 
         name = f"shard-{time.time_ns():020d}-{os.getpid()}.safetensors"
-        return write_bytes_atomic(self.folder / name, save(tensors, metadata={"version": str(CACHE_VERSION)}))
+        return write_bytes_atomic(self.folder / name, save(tensors, metadata={"version": str(CACHE_VERSION)}),
+                                  fault="train:inside-cache-shard")
 
 
 def _progress(enabled: bool):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from mapo_bench.config import StrictModel
+from mapo_bench.config import Seed, StrictModel
 from mapo_bench.registry import BACKENDS, METHODS, suggest
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -124,7 +124,7 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = 0
+    seed: Seed = 0
     checkpoint_every: int = Field(500, ge=1)
     keep_last: int = Field(2, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -149,6 +149,11 @@ class Trainer:
                 bad = mine
         self.selection = select_pairs(self.source, cfg.data.tie_policy, cfg.data.label_noise, cfg.data.max_samples,
                                       cfg.seed, bad)
+        captions = sorted({self.source.captions[int(row)] for row in self.selection.rows})
+        self.captions_truncated = self.backend.truncated_captions(captions)
+        if self.captions_truncated:
+            _console_print(f"[yellow]{self.captions_truncated} of {len(captions)} captions are longer than the text "
+                           "encoder reads; it sees their first tokens (counted in manifest.json)[/yellow]", acc)
         if len(self.selection) < cfg.batch_size * self.world:
             raise MapoBenchError(f"{cfg.dataset}: {len(self.selection)} pairs, fewer than one global batch "
                                  f"({cfg.batch_size} x {self.world} processes); lower batch_size")
@@ -194,6 +199,7 @@ class Trainer:
         if acc.is_main_process:
             LatentCache(folder, key).build_missing(self.backend, source, rows, self.resolution,
                                                    cfg.batch_size, progress=self._show_progress())
+            faults.point("train:after-cache")
         acc.wait_for_everyone()
         return LatentCache(folder, key)
 
@@ -488,7 +494,7 @@ class Trainer:
                 from mapo_bench.integrity import write_manifest
 
                 write_manifest(tmp / "manifest.json", make_manifest(
-                    cfg, result_hash(cfg), counts={**self.selection.counts, "steps": self.step,
+                    cfg, result_hash(cfg), counts={**self.selection.counts, "captions_truncated": self.captions_truncated, "steps": self.step,
                                                    "processes": self.world},
                     timings=watch.timings, method=cfg.method, backend=self.backend.record(),
                     output="lora" if cfg.lora.enabled else self.backend.denoiser_name, final_metrics=last,
