@@ -266,17 +266,20 @@ def run(
     emit_commands: Annotated[bool, typer.Option("--emit-commands", help="print each job as a CLI command")] = False,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<pipeline name>)")] = None,
     job: Annotated[str | None, typer.Option(help="run only this job (an id printed by --emit-commands)")] = None,
+    executor: Annotated[str, typer.Option(help="where jobs run: local (process pool) | ray | slurm (submitit)")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="--executor ray: an existing cluster (default: start one)")] = None,
 ) -> None:
     """Run a whole experiment: build, mismatch, train, sample, eval, report; resumable.
 
-    Under torchrun / accelerate launch every process shares each job (use --workers 1).
+    Under torchrun / accelerate launch every process shares each job (use --workers 1). With --executor ray
+    or slurm the same plan, markers and resume; the pipeline's `resources:` block sizes the jobs.
 
     Example: mapo-bench run pipelines/toy-quick.yaml --workers 2
     """
     from mapo_bench import api
 
     result = api.run(pipeline, overrides or [], workers=workers, dry_run=dry_run, emit_commands=emit_commands,
-                     out=out, job=job)
+                     out=out, job=job, executor=executor, ray_address=ray_address)
     if result is not None:
         _print_answer(result)
         _print_path("run:", result)

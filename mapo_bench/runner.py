@@ -290,21 +290,22 @@ class Runner:
         write_text_atomic(path, header + yaml.safe_dump(job.config, sort_keys=False))
         return path
 
-    def execute(self, jobs: list[Job], workers: int = 1) -> None:
-        """Run ``jobs`` respecting deps; finished jobs (marker matches their config) are skipped."""
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-        from multiprocessing import get_context
+    def execute(self, jobs: list[Job], workers: int = 1, executor: str = "local", ray_address: str | None = None) -> None:
+        """Run ``jobs`` respecting deps; finished jobs (marker matches their config) are skipped. ``executor``:
+        where they run (:mod:`mapo_bench.executors`); this process only plans, waits and writes markers."""
+        from concurrent.futures import FIRST_COMPLETED, wait
 
+        from mapo_bench.executors import make_executor
         from mapo_bench.progress import RunDisplay
 
-        if self.world > 1 and workers > 1:
-            raise MapoBenchError(f"--workers {workers} under a {self.world}-process launch: the processes already "
-                                 "share each job; use --workers 1")
+        if self.world > 1 and (workers > 1 or executor != "local"):
+            raise MapoBenchError(f"--workers {workers} / --executor {executor} under a {self.world}-process launch: the "
+                                 "processes already share each job; use --workers 1 and the local executor")
         pending = {job.id: job for job in jobs}
         known = set(pending)
         done: set[str] = set()
         running: dict[Any, Job] = {}
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+        pool = make_executor(executor, workers, self, ray_address)
         display = RunDisplay(self.spec.name, [(j.id, j.verb) for j in jobs], workers=workers,
                              estimates_s=self.spec.estimates_s, enabled=self.rank == 0)
         with display:
@@ -312,6 +313,8 @@ class Runner:
                 while pending or running:
                     ready = [j for j in pending.values() if all(d in done or d not in known for d in j.deps)]
                     for job in ready:
+                        if pool is not None and pool.slots and len(running) >= pool.slots:
+                            break  # an executor without a queue of its own (submitit's local one) takes so many
                         del pending[job.id]
                         if self.is_done(job):
                             done.add(job.id)
@@ -326,7 +329,7 @@ class Runner:
                             done.add(job.id)
                             display.finished(job.id, job.verb, wall)
                         else:
-                            running[pool.submit(run_pipeline_job, job.verb, str(path))] = job
+                            running[pool.submit(job.id, job.verb, str(path))] = job
                     if pool is None or not running:
                         if pending and not ready and not running:
                             raise MapoBenchError(f"jobs wait on each other: {', '.join(sorted(pending))}")
@@ -343,11 +346,11 @@ class Runner:
                         display.finished(job.id, job.verb, wall)
             except BaseException:
                 if pool is not None:
-                    stop_workers(pool)  # stages are crash-safe; a worker left running would race a resumed run
+                    pool.stop()  # stages are crash-safe; a job left running would race a resumed run
                 raise
             finally:
                 if pool is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool.close()
 
     def _finish(self, job: Job, wall: float) -> None:
         """Mark ``job`` finished; the marker (config hash, wall seconds) is what resume and the report read."""
@@ -385,19 +388,6 @@ def outputs_changed(out: Path) -> bool:
         if stat.st_size != record.get("bytes") or stat.st_mtime > written:
             return True
     return False
-
-
-def stop_workers(pool: Any) -> None:
-    """Terminate a ProcessPoolExecutor's workers now instead of letting in-flight jobs run on
-    (``terminate_workers`` from Python 3.14; the executor's process table before that)."""
-    terminate = getattr(pool, "terminate_workers", None)
-    if callable(terminate):
-        terminate()
-        return
-    for process in list(getattr(pool, "_processes", {}).values()):
-        process.terminate()
-    for process in list(getattr(pool, "_processes", {}).values()):
-        process.join(timeout=10)
 
 
 def run_pipeline_job(verb: str, config_path: str) -> float:
@@ -614,7 +604,8 @@ def _phase2_counts(runner: Runner) -> dict[str, int]:
 
 
 def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers: int = 1, dry_run: bool = False,
-                 emit_commands: bool = False, out: Path | None = None, job: str | None = None) -> Path | None:
+                 emit_commands: bool = False, out: Path | None = None, job: str | None = None,
+                 executor: str = "local", ray_address: str | None = None) -> Path | None:
     """Plan and run a pipeline; returns the report folder (None for --dry-run, --emit-commands, --job)."""
     run_dir = Path(out) if out else Path("runs") / spec.name
     runner = Runner(spec, run_dir, pipeline_path)
@@ -637,10 +628,11 @@ def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers:
             from mapo_bench.io import write_json_atomic
 
             write_json_atomic(run_dir / "pipeline.json", spec.model_dump(mode="json"))
-        return _run_phases(runner, jobs, workers, emit_commands, job)
+        return _run_phases(runner, jobs, workers, emit_commands, job, executor, ray_address)
 
 
-def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bool, job: str | None) -> Path | None:
+def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bool, job: str | None,
+                executor: str = "local", ray_address: str | None = None) -> Path | None:
     """Phase 1 (``jobs``), selection, phase 2, report; or, for --job / --emit-commands, the current phase."""
     if job is not None or emit_commands:
         if all(runner.is_done(j) for j in jobs):
@@ -650,8 +642,8 @@ def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bo
         else:
             print_commands(runner, jobs)
         return None
-    runner.execute(jobs, workers)
-    runner.execute(runner.phase2(_select(runner)), workers)
+    runner.execute(jobs, workers, executor, ray_address)
+    runner.execute(runner.phase2(_select(runner)), workers, executor, ray_address)
     if runner.rank != 0:
         return None
     from mapo_bench.report import write_report
