@@ -261,19 +261,17 @@ def test_interrupted_runner_stops_its_workers():
     """On Ctrl-C or a failed job the pool's in-flight jobs are killed, not awaited: a worker left running
     would race the resumed run over the same outputs."""
     import time
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
 
-    from mapo_bench.runner import stop_workers
+    from mapo_bench.executors import LocalPool
 
-    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-    future = pool.submit(_sleep, 60)
+    local = LocalPool(1)
+    future = local.pool.submit(_sleep, 60)
     while not future.running():
         time.sleep(0.05)
-    workers = list(pool._processes.values())
-    stop_workers(pool)
-    pool.shutdown(wait=True, cancel_futures=True)
+    workers = list(local.pool._processes.values())
+    local.stop()
+    local.close()
     # a drained job would have returned 60; a killed one leaves the pool broken
     assert isinstance(future.exception(), BrokenProcessPool) and not any(w.is_alive() for w in workers)
 

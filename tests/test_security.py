@@ -575,16 +575,26 @@ def test_every_config_model_refuses_unknown_keys(tmp_path):
         del where[extra]
 
 
-def test_no_eval_exec_or_shell_and_one_fixed_subprocess():
+def test_no_eval_exec_or_shell_and_two_fixed_subprocesses():
     forbidden = ("eval", "exec", "compile", "__import__", "os.system", "os.popen", "pty.spawn", "commands.getoutput")
     prefixes = ("os.exec", "os.spawn", "os.posix_spawn", "asyncio.create_subprocess", "runpy.")
     bad = [f"{f}:{c.lineno} {name}" for f, c, name in calls() if name in forbidden or name.startswith(prefixes)]
     assert bad == []
     shell = [f"{f}:{c.lineno}" for f, c, _ in calls() if keyword(c, "shell") is not None]
     assert shell == []
-    subprocesses = [(f, ast.literal_eval(c.args[0])) for f, c, name in calls() if name.startswith("subprocess.")
-                    and name.split(".")[1] in ("run", "Popen", "call", "check_call", "check_output", "getoutput")]
-    assert subprocesses == [("mapo_bench/toy/pretrain.py", ["git", "rev-parse", "--short", "HEAD"])]
+    sites = [(f, c) for f, c, name in calls() if name.startswith("subprocess.")
+             and name.split(".")[1] in ("run", "Popen", "call", "check_call", "check_output", "getoutput")]
+    assert [(f, ast.literal_eval(c.args[0])) for f, c in sites if f != "mapo_bench/executors.py"] == \
+        [("mapo_bench/toy/pretrain.py", ["git", "rev-parse", "--short", "HEAD"])]
+    # the Slurm executor's launch of a multi-GPU job: an argument list whose program part is fixed
+    assert [ast.unparse(c.args[0]) for f, c in sites if f == "mapo_bench/executors.py"] == ["command"]
+    import sys
+
+    from mapo_bench.executors import accelerate_command
+
+    command = accelerate_command(2, ["run", "p.yaml; rm -rf /", "--job", "$(x)"])
+    assert command[:6] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m"]
+    assert command[6:] == ["mapo_bench", "run", "p.yaml; rm -rf /", "--job", "$(x)"]  # arguments, never a shell
 
 
 def test_config_names_never_pick_a_module_to_import():
