@@ -113,10 +113,10 @@ def _forwarded_env() -> dict[str, str]:
 
 
 class SlurmExecutor:
-    """One Slurm job per plan job through submitit; submissions recorded in ``state`` for reattaching."""
+    """One Slurm job per plan job through submitit; submissions recorded in ``slurm/submitted`` for reattaching."""
 
-    def __init__(self, run_dir: Path, resources: dict[str, Any], job_command: Any = None, cluster: str | None = None,
-                 workers: int = 1) -> None:
+    def __init__(self, run_dir: Path, resources: dict[str, Any], job_command: Any = None, marker_path: Any = None,
+                 cluster: str | None = None, workers: int = 1) -> None:
         try:
             import submitit
         except ImportError:
@@ -126,19 +126,15 @@ class SlurmExecutor:
         # Slurm queues jobs itself; submitit's local executor starts every job it is given at once
         self.slots = None if self.cluster == "slurm" else max(1, workers)
         self.folder = run_dir / "slurm"
-        self.state = run_dir / "state"
         self.resources = resources
         self.job_command = job_command  # job id -> the `mapo-bench run P --job ID` argument list, or None
+        self.marker_path = marker_path  # job id -> the marker that `--job` writes (the runner's)
         try:
             self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         except RuntimeError as exc:  # no sbatch / srun on this machine
             raise MapoBenchError(f"--executor slurm: {exc} (set {SUBMITIT_CLUSTER_VAR}=local to try it here)") from None
         self.waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="slurm-wait")
         self.jobs: list[Any] = []
-
-    def parameters(self, verb: str) -> dict[str, Any]:
-        """submitit parameters of a job of kind ``verb`` (the pipeline's ``resources``, per kind over default)."""
-        return slurm_parameters(self.resources, verb)
 
     def submit(self, job_id: str, verb: str, config_path: str) -> Future:
         record = self.record_path(job_id)
@@ -153,22 +149,24 @@ class SlurmExecutor:
         return self.waiters.submit(job.result)
 
     def _submit(self, job_id: str, verb: str, config_path: str) -> Any:
-        params = self.parameters(verb)
+        params = slurm_parameters(self.resources, verb)
         self.executor.update_parameters(name=job_id, **params)
         gpus = int(params.get("gpus_per_node", 0) or 0)
         if gpus > 1:  # several GPUs: `mapo-bench run P --job ID` under accelerate launch (it writes the marker)
-            if self.job_command is None:
+            if self.job_command is None or self.marker_path is None:
                 raise MapoBenchError(f"resources: {verb} asks for {gpus} GPUs, which needs the pipeline file "
                                      "(run it with mapo-bench run PIPELINE.yaml)")
             return self.executor.submit(launched_job, accelerate_command(gpus, self.job_command(job_id)),
-                                        str(self.state / f"{job_id.replace(':', '__').replace('/', '_')}.json"))
+                                        str(self.marker_path(job_id)))
         from mapo_bench.runner import run_pipeline_job
 
         return self.executor.submit(run_pipeline_job, verb, config_path)
 
     def record_path(self, job_id: str) -> Path:
         """Where the submission of ``job_id`` is recorded (beside submitit's files, not among the markers)."""
-        return self.folder / "submitted" / f"{job_id.replace(':', '__').replace('/', '_')}.json"
+        from mapo_bench.runner import job_file_name
+
+        return self.folder / "submitted" / f"{job_file_name(job_id)}.json"
 
     def reattach(self, record: Path) -> Any | None:
         """The job of an earlier driver, if it is still queued or running, or finished with a result."""
@@ -254,5 +252,5 @@ def make_executor(kind: str, workers: int, runner: Any, ray_address: str | None 
     if runner.pipeline_path is not None:
         def job_command(job_id: str) -> list[str]:
             return ["run", str(runner.pipeline_path), "--out", str(runner.run_dir), "--job", job_id]
-    return SlurmExecutor(runner.run_dir, resources, job_command, workers=workers)
+    return SlurmExecutor(runner.run_dir, resources, job_command, runner.marker_path, workers=workers)
 

@@ -49,6 +49,11 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def job_file_name(job_id: str) -> str:
+    """A job id as one file name (ids hold ':' and '/'), for its marker, config and executor records."""
+    return job_id.replace(":", "__").replace("/", "_")
+
+
 def base_identity(spec: PipelineSpec) -> dict[str, Any]:
     """What job configs name but do not contain: the toy base's weights, by the config hash in its
     manifest (so finished jobs are redone after the shipped base changes). Hub ids are their own identity."""
@@ -257,10 +262,14 @@ class Runner:
 
     # -- execution ------------------------------------------------------------------------------
     def marker(self, job: Job) -> Path:
-        return self.run_dir / "state" / f"{job.id.replace(':', '__').replace('/', '_')}.json"
+        return self.marker_path(job.id)
+
+    def marker_path(self, job_id: str) -> Path:
+        """Where job ``job_id``'s finished marker is (written by the runner, or by a `--job` run)."""
+        return self.run_dir / "state" / f"{job_file_name(job_id)}.json"
 
     def config_path(self, job: Job) -> Path:
-        return self.run_dir / "configs" / f"{job.id.replace(':', '__').replace('/', '_')}.yaml"
+        return self.run_dir / "configs" / f"{job_file_name(job.id)}.yaml"
 
     def is_done(self, job: Job) -> bool:
         """Finished with this config and base, and its recorded files still as the stage left them."""
@@ -290,22 +299,18 @@ class Runner:
         write_text_atomic(path, header + yaml.safe_dump(job.config, sort_keys=False))
         return path
 
-    def execute(self, jobs: list[Job], workers: int = 1, executor: str = "local", ray_address: str | None = None) -> None:
-        """Run ``jobs`` respecting deps; finished jobs (marker matches their config) are skipped. ``executor``:
-        where they run (:mod:`mapo_bench.executors`); this process only plans, waits and writes markers."""
+    def execute(self, jobs: list[Job], workers: int = 1, pool: Any = None) -> None:
+        """Run ``jobs`` respecting deps; finished jobs (marker matches their config) are skipped. ``pool``: an
+        executor of :mod:`mapo_bench.executors` (None: one job at a time in this process); this process only
+        plans, waits and writes markers. The caller closes the pool."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        from mapo_bench.executors import make_executor
         from mapo_bench.progress import RunDisplay
 
-        if self.world > 1 and (workers > 1 or executor != "local"):
-            raise MapoBenchError(f"--workers {workers} / --executor {executor} under a {self.world}-process launch: the "
-                                 "processes already share each job; use --workers 1 and the local executor")
         pending = {job.id: job for job in jobs}
         known = set(pending)
         done: set[str] = set()
         running: dict[Any, Job] = {}
-        pool = make_executor(executor, workers, self, ray_address)
         display = RunDisplay(self.spec.name, [(j.id, j.verb) for j in jobs], workers=workers,
                              estimates_s=self.spec.estimates_s, enabled=self.rank == 0)
         with display:
@@ -348,9 +353,6 @@ class Runner:
                 if pool is not None:
                     pool.stop()  # stages are crash-safe; a job left running would race a resumed run
                 raise
-            finally:
-                if pool is not None:
-                    pool.close()
 
     def _finish(self, job: Job, wall: float) -> None:
         """Mark ``job`` finished; the marker (config hash, wall seconds) is what resume and the report read."""
@@ -642,8 +644,18 @@ def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bo
         else:
             print_commands(runner, jobs)
         return None
-    runner.execute(jobs, workers, executor, ray_address)
-    runner.execute(runner.phase2(_select(runner)), workers, executor, ray_address)
+    from mapo_bench.executors import make_executor
+
+    if runner.world > 1 and (workers > 1 or executor != "local"):
+        raise MapoBenchError(f"--workers {workers} / --executor {executor} under a {runner.world}-process launch: the "
+                             "processes already share each job; use --workers 1 and the local executor")
+    pool = make_executor(executor, workers, runner, ray_address)  # one for both phases (a Ray cluster starts once)
+    try:
+        runner.execute(jobs, workers, pool)
+        runner.execute(runner.phase2(_select(runner)), workers, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     if runner.rank != 0:
         return None
     from mapo_bench.report import write_report

@@ -102,11 +102,9 @@ def load_upright_rgb(path: Path) -> tuple[Any, tuple[int, int]]:
 
 def conversion_counts(images: list[FolderImage]) -> dict[str, int]:
     """How many images each conversion touched (for a manifest): {"from CMYK": 2, "EXIF-rotated": 1}."""
-    counts: dict[str, int] = {}
-    for record in images:
-        for change in record.converted:
-            counts[change] = counts.get(change, 0) + 1
-    return dict(sorted(counts.items()))
+    from collections import Counter
+
+    return dict(sorted(Counter(change for record in images for change in record.converted).items()))
 
 
 def to_rgb(image: Any) -> Any:

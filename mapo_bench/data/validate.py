@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def validate_dataset(path: str | Path) -> dict[str, Any]:
     seen_pairs: dict[tuple[str, str, str], int] = {}
     seen_ids: dict[int, int] = {}
     sizes: dict[tuple[int, int], int] = {}
-    conversions: dict[str, int] = {}  # images the trainer converts on decode (to RGB, EXIF upright)
+    conversions: Counter[str] = Counter()  # images the trainer converts on decode (to RGB, EXIF upright)
     columns_seen: list[str] = []
     for shard in shards:
         try:
@@ -185,7 +186,7 @@ def _check_types(schema: Any, shard: Path, report: Report) -> None:
 
 
 def _check_row(record: dict[str, Any], where: str, row: int, report: Report, ties: list[int],
-               sizes: dict[tuple[int, int], int], conversions: dict[str, int]) -> None:
+               sizes: dict[tuple[int, int], int], conversions: Counter[str]) -> None:
     caption = record.get("caption", "")
     if "caption" in record and (not isinstance(caption, str) or not caption.strip()):
         report.error(f"{where}, column caption: empty or missing caption")
@@ -194,8 +195,7 @@ def _check_row(record: dict[str, Any], where: str, row: int, report: Report, tie
         if column not in record:
             continue
         size, problem, converted = _decode(record[column])
-        for change in converted:
-            conversions[change] = conversions.get(change, 0) + 1
+        conversions.update(converted)
         if problem:
             report.error(f"{where}, column {column}: {problem}")
         else:
