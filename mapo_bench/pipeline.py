@@ -139,6 +139,15 @@ class EvalSpec(StrictModel):
     precision: float = Field(0.05, gt=0.0, description="target 95% CI half-width of headline mean gaps")
     robustness_sampler: dict[str, Any] | None = Field(None, description="a second sampler setting on which the "
                                                       "trend is re-checked (test prompts, selected settings)")
+    robustness_seeds: list[Seed] | None = Field(None, description="sampling seeds of the second sampler (default: "
+                                                "eval.seeds); a re-check of the trend needs fewer than the headline")
+    # Tuning sees the first ``tuning_seeds`` training seeds. Every grid setting is trained on the first; the
+    # ``tuning_finalists`` best settings eligible there (per dataset and method) are trained on the others too,
+    # and a setting is selected only if it passes the gate on every one of them (the worst seed), by its mean
+    # preference advantage over them: a setting whose first seed happens to keep content while its others
+    # collapse is not selected (issue 12: DPO at lr 1e-4 did exactly that).
+    tuning_seeds: int = Field(1, ge=1, description="training seeds the selection sees (the first N of seeds)")
+    tuning_finalists: int = Field(3, ge=1, description="settings per cell re-checked on the other tuning seeds")
     sample: dict[str, Any] = Field(default_factory=dict, description="extra sample keys")
     eval: dict[str, Any] = Field(default_factory=dict, description="extra eval keys")
     resamples: int = 1000
@@ -226,6 +235,8 @@ class PipelineSpec(StrictModel):
                                      "of this pipeline that is tuned itself")
                 if source.task != dataset.task:
                     raise ValueError(f"dataset {dataset.name!r}: tune_from {dataset.tune_from!r} has another task")
+        if self.eval.tuning_seeds > len(self.seeds):
+            raise ValueError(f"eval.tuning_seeds {self.eval.tuning_seeds} exceeds the {len(self.seeds)} training seeds")
         unknown = sorted(set(self.matched) - set(self.methods))
         if unknown:
             raise ValueError(f"matched names methods the pipeline does not train: {', '.join(unknown)}")

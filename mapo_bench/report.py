@@ -218,13 +218,17 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"| {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 4, signed=False)} | {flagged} "
                      f"| {row['std']:.3g} | {row['n']} |")
     lines += human_lines(results)
-    lines += ["", "## Tuning grid (validation prompts, first seed)", "",
-              "| dataset | method | setting | fidelity vs reference | fidelity win rate | preference advantage vs base "
-              "| preference win rate | eligible | selected |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Tuning grid (validation prompts)", "",
+              f"Eligible: {results['selection']['rule']['eligible']}. Over several training seeds a row shows the "
+              "worst seed's fidelity and the mean preference advantage.", "",
+              "| dataset | method | setting | seeds | fidelity vs reference | fidelity win rate "
+              "| preference advantage vs base | preference win rate | eligible | selected |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, cells in results["selection"]["cells"].items():
         for method, cell in cells.items():
             for row in cell["rows"]:
-                lines.append(f"| {dataset} | {method} | {row['setting']} | {row['fidelity_advantage']:+.3f} "
+                seeds = ",".join(str(s) for s in row.get("seeds", [0]))
+                lines.append(f"| {dataset} | {method} | {row['setting']} | {seeds} | {row['fidelity_advantage']:+.3f} "
                              f"| {row['fidelity_win_rate']:.2f} | {row['preference_advantage']:+.3f} "
                              f"| {row['preference_win_rate']:.2f} | {'yes' if row['eligible'] else 'no'} "
                              f"| {'**yes**' if row['setting'] == cell['setting'] else ''} |")

@@ -33,7 +33,7 @@ UNADJUSTED_NOTE = ("95% intervals come from a two-way bootstrap over training se
 def load_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The run's pipeline spec and selection; a run made by an older mapo-bench is a one-line error."""
     from mapo_bench.pipeline import PipelineSpec
-    from mapo_bench.runner import SELECTION_SCHEMA
+    from mapo_bench.selection import SELECTION_SCHEMA
 
     rerun = f"rerun `mapo-bench run` on {run_dir} (finished training jobs are kept) to redo selection and report"
     try:
@@ -198,7 +198,7 @@ def severity_records(run_dir: Path, spec: Any) -> dict[str, Any]:
 
 def selection_check(runner: Any, selection: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each cell's selection beside the same fidelity gate measured on test prompts (all seeds)."""
-    from mapo_bench.runner import passes_gate, reference_label
+    from mapo_bench.selection import passes_gate, reference_label
 
     ev = runner.spec.eval
     out = []

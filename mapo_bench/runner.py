@@ -30,6 +30,7 @@ from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
 from mapo_bench.pipeline import DatasetSpec, PipelineSpec, point_name
 from mapo_bench.registry import BACKENDS, METHODS
+from mapo_bench.selection import recheck_jobs, select_settings
 
 CLI_VERBS = {"build": "build-dataset", "mismatch": "mismatch", "train": "train", "sample": "sample", "eval": "eval"}
 OVERWRITABLE = ("build", "train", "sample", "eval")  # verbs whose stage skips a finished output of the same config
@@ -146,6 +147,7 @@ class Runner:
                   "model_name": label.replace("/", ":")}
         if split == ROBUST_SPLIT:
             config["sampler"] = self.spec.eval.robustness_sampler
+            config["seeds"] = list(self.spec.eval.robustness_seeds or self.spec.eval.seeds)
         config.update(trained)
         return Job(f"sample:{label}:{split}", "sample", config, self.samples_dir(label, split), deps,
                    {**meta, "split": split, "label": label})
@@ -442,128 +444,6 @@ def score_context(d: DatasetSpec, backend: str) -> dict[str, Any]:
     return keys
 
 
-SELECTION_SCHEMA = 2
-
-
-def grid_edges(values: dict[str, Any], grid: dict[str, list[Any]]) -> list[str]:
-    """Grid axes (with two or more values) on which ``values`` sits at the lowest or highest value."""
-    edges = []
-    for key, options in grid.items():
-        if len(options) > 1 and key in values:
-            ordered = sorted(options)
-            if values[key] == ordered[0]:
-                edges.append(f"{key} at the grid's low end ({values[key]})")
-            elif values[key] == ordered[-1]:
-                edges.append(f"{key} at the grid's high end ({values[key]})")
-    return edges
-
-
-def fidelity_check(scores: Any, reference: Any, ev: Any, resamples: int, seed: int) -> dict[str, Any]:
-    """The fidelity gate (the same quantity on validation and test): the mean fidelity gap to the
-    reference, its win rate at the recorded tie margin, and whether the gap is within ``fidelity_margin``."""
-    from mapo_bench.stats import compare_frames
-
-    metric = ev.fidelity_metric
-    result = compare_frames(scores, reference, metric, tie_margin=ev.tie_margins.get(metric, 0.0),
-                            resamples=resamples, seed=seed)
-    return {"fidelity_advantage": result["advantage"], "fidelity_ci_low": result["advantage_ci_low"],
-            "fidelity_ci_high": result["advantage_ci_high"], "fidelity_win_rate": result["win_rate"],
-            "eligible": passes_gate(result["advantage"], ev.fidelity_margin)}
-
-
-def passes_gate(fidelity_advantage: float, margin: float) -> bool:
-    """The fidelity gate: mean fidelity at most ``margin`` below the reference's."""
-    return fidelity_advantage >= -margin
-
-
-def reference_label(runner: Runner, d: DatasetSpec, split: str) -> str:
-    """The fidelity gate's reference for dataset ``d`` on ``split``: its target (base + chosen prefix) or the
-    base, as the pipeline names it; for "lower", whichever of the two has the lower mean fidelity on
-    ``split`` (the target wins a tie). Datasets without a target prefix use the base."""
-    rule = runner.spec.eval.fidelity_reference
-    if rule == "base" or runner.target_prefix(d) is None:
-        return "base"
-    if rule == "target":
-        return "target"
-    means = {label: mean_score(reference_scores(runner, d, split, label), runner.spec.eval.fidelity_metric)
-             for label in ("target", "base")}
-    return "base" if means["base"] < means["target"] else "target"
-
-
-def reference_scores(runner: Runner, d: DatasetSpec, split: str, label: str | None = None) -> Any:
-    from mapo_bench.stats import read_scores
-
-    return read_scores(runner.scores_dir(f"{label or reference_label(runner, d, split)}/{d.name}", split))
-
-
-def mean_score(scores: Any, metric: str) -> float:
-    return float(scores.loc[scores["metric"] == metric, "score"].mean())
-
-
-def reference_rule(ev: Any) -> str:
-    """The gate's rule in words, for results.json and the report."""
-    reference = {"target": "the target's (the base prompted with the task's chosen prefix)",
-                 "base": "the base's",
-                 "lower": "the lower of the target's (the base prompted with the task's chosen prefix) and the "
-                          "base's"}[ev.fidelity_reference]
-    return f"mean {ev.fidelity_metric} at most {ev.fidelity_margin:g} below {reference}"
-
-
-def best_eligible(rows: list[dict[str, Any]], margin: float) -> dict[str, Any] | None:
-    """The row with the largest preference advantage among those within ``margin`` of the fidelity
-    reference (ties broken by fidelity); None when no row is."""
-    eligible = [r for r in rows if passes_gate(r["fidelity_advantage"], margin)]
-    return max(eligible, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"])) if eligible else None
-
-
-def select_settings(runner: Runner) -> dict[str, Any]:
-    """Per dataset and method, on validation prompts (first seed): every grid setting's fidelity gate and
-    preference effect, and the selected setting: the largest preference advantage over the base among
-    the eligible ones (DESIGN 5b). No eligible setting: a failed cell (never filled in). A dataset with
-    ``tune_from`` carries that dataset's selection."""
-    from mapo_bench.stats import compare_frames, read_scores
-
-    spec = runner.spec
-    ev = spec.eval
-    cells: dict[str, Any] = {}
-    for d in [d for d in spec.datasets if d.tune_from is None]:
-        base = read_scores(runner.scores_dir(f"base/{d.name}", "validation"))
-        reference_name = reference_label(runner, d, "validation")
-        reference = reference_scores(runner, d, "validation", reference_name)
-        preference = ev.preference_metric[d.task]
-        cells[d.name] = {}
-        for method, method_spec in spec.methods.items():
-            rows = []
-            for values in method_spec.grid_points():
-                scores = read_scores(runner.scores_dir(f"{d.name}/{method}/{point_name(values)}-s{spec.seeds[0]}",
-                                                       "validation"))
-                pref = compare_frames(scores, base, preference, tie_margin=ev.tie_margins.get(preference, 0.0),
-                                      resamples=ev.resamples, seed=ev.bootstrap_seed)
-                rows.append({"setting": point_name(values), "grid": values,
-                             **fidelity_check(scores, reference, ev, ev.resamples, ev.bootstrap_seed),
-                             "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]})
-            best = best_eligible(rows, ev.fidelity_margin)
-            cell: dict[str, Any] = {"rows": rows, "preference_metric": preference, "fidelity_metric": ev.fidelity_metric,
-                                    "reference": reference_name,
-                                    "margin_sensitivity": {f"{m:g}": (best_eligible(rows, m) or {}).get("setting")
-                                                           for m in (ev.fidelity_margin / 2, ev.fidelity_margin * 2)}}
-            if best is not None:
-                cell.update({"status": "selected", "setting": best["setting"], "grid": best["grid"],
-                             "edges": grid_edges(best["grid"], method_spec.grid)})
-            else:
-                cell.update({"status": "failed", "setting": None, "grid": None, "edges": [],
-                             "reason": f"no setting's mean {ev.fidelity_metric} is within {ev.fidelity_margin:g} of "
-                                       f"the {reference_name}'s"})
-            cells[d.name][method] = cell
-    for d in [d for d in spec.datasets if d.tune_from is not None]:
-        cells[d.name] = {m: {**{k: v for k, v in cell.items() if k != "rows"}, "rows": [], "carried_from": d.tune_from}
-                         for m, cell in cells[d.tune_from].items()}
-    return {"schema_version": SELECTION_SCHEMA, "rule": {
-        "eligible": f"{reference_rule(ev)} (validation prompts, first training seed)",
-        "selected": "largest mean preference advantage over the base among the eligible settings",
-        "fidelity_reference": ev.fidelity_reference, "fidelity_margin": ev.fidelity_margin}, "cells": cells}
-
-
 def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
     """The --dry-run table: jobs per stage kind, how many phase-1 jobs are finished already (their markers
     match), and the estimated cost of the rest (phase 2 counted as not done)."""
@@ -574,7 +454,7 @@ def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
     done = Counter(job.verb for job in jobs if job.id in finished)
     estimates = runner.spec.estimates_s
     lines = [f"pipeline {runner.spec.name}: {len(jobs)} jobs in phase 1 ({len(finished)} done), "
-             f"{phase2_count} after selection", f"run folder: {runner.run_dir}", "",
+             f"{phase2_count} after it (re-checked finalists, then the selected settings)", f"run folder: {runner.run_dir}", "",
              f"{'stage':10s} {'jobs':>5s} {'done':>5s} {'est. each':>10s} {'est. left':>10s}"]
     total = 0.0
     per_phase2 = _phase2_counts(runner)
@@ -594,15 +474,22 @@ def describe_plan(runner: Runner, jobs: list[Job], phase2_count: int) -> str:
 
 
 def _phase2_counts(runner: Runner) -> dict[str, int]:
-    """Phase-2 job counts per verb, as if every cell selected its first grid setting (an upper bound when
-    the matched view coincides with a selection; failed cells need fewer)."""
+    """Jobs after the first tuning step, per verb: one round of re-checked finalists, and phase 2 as if every
+    cell selected its first grid setting (an upper bound when the matched view coincides with a selection;
+    failed cells need fewer)."""
     from collections import Counter
 
     spec = runner.spec
     cells = {d.name: {m: {"status": "selected", "grid": spec.methods[m].grid_points()[0]} for m in spec.methods}
              for d in spec.datasets}
     phase1 = {job.id for job in runner.phase1()}
-    return dict(Counter(job.verb for job in runner.phase2({"cells": cells}) if job.id not in phase1))
+    counts = Counter(job.verb for job in runner.phase2({"cells": cells}) if job.id not in phase1)
+    ev = spec.eval
+    tuned = [d for d in spec.datasets if d.tune_from is None]
+    rechecked = sum(min(ev.tuning_finalists, len(spec.methods[m].grid_points())) for m in spec.methods) * len(tuned)
+    for verb in ("train", "sample", "eval"):  # one round of the tuning's second step (its seed-1 runs counted once)
+        counts[verb] += rechecked * (ev.tuning_seeds - 1)
+    return dict(counts)
 
 
 def run_pipeline(spec: PipelineSpec, pipeline_path: Path | None = None, workers: int = 1, dry_run: bool = False,
@@ -638,7 +525,7 @@ def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bo
     """Phase 1 (``jobs``), selection, phase 2, report; or, for --job / --emit-commands, the current phase."""
     if job is not None or emit_commands:
         if all(runner.is_done(j) for j in jobs):
-            jobs = runner.phase2(_select(runner))
+            jobs = recheck_jobs(runner) or runner.phase2(_select(runner))
         if job is not None:
             run_single_job(runner, jobs, job)
         else:
@@ -652,6 +539,8 @@ def _run_phases(runner: Runner, jobs: list[Job], workers: int, emit_commands: bo
     pool = make_executor(executor, workers, runner, ray_address)  # one for both phases (a Ray cluster starts once)
     try:
         runner.execute(jobs, workers, pool)
+        while recheck := recheck_jobs(runner):  # the tuning's second step, a round per pass (selection.py)
+            runner.execute(recheck, workers, pool)
         runner.execute(runner.phase2(_select(runner)), workers, pool)
     finally:
         if pool is not None:

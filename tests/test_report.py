@@ -13,7 +13,8 @@ import pytest
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.pipeline import PipelineSpec, point_name
 from mapo_bench.report import write_report
-from mapo_bench.runner import Runner, select_settings
+from mapo_bench.runner import Runner
+from mapo_bench.selection import select_settings
 
 LEVELS = {"style-a": (0.25, 0.01), "style-b": (0.5, 0.02), "style-c": (1.0, 0.03)}  # name: (dial, prefix excess)
 SPEC = {

@@ -114,6 +114,12 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tiny_runs, capsys):
         assert grid.size == (4 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
     selection = json.loads((run / "selection.json").read_text())
     assert len(selection["cells"]["cartoon"]["mapo"]["rows"]) == 2
+    # tuning on two seeds: each selected setting was scored on both (worst-seed gate) on validation prompts
+    for method, cell in selection["cells"]["cartoon"].items():
+        if cell["status"] == "selected":
+            chosen = next(r for r in cell["rows"] if r["setting"] == cell["setting"])
+            assert chosen["seeds"] == [0, 1] and [r["seed"] for r in chosen["per_seed"]] == [0, 1]
+            assert (run / "state" / f"eval__cartoon_{method}_{cell['setting']}-s1__validation.json").is_file()
     assert selection["cells"]["cartoon-half"]["mapo"]["carried_from"] == "cartoon"
     assert not list((run / "scores" / "cartoon-half").glob("*/*/validation"))  # no grid on a carried dataset
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "state").glob("*.json")}

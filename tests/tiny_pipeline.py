@@ -31,11 +31,12 @@ def tiny_spec(base: Path, train_recipe: Path) -> dict:
 
 def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
     """The tiny pipeline with every protocol feature: a dataset carrying another's selection, the matched
-    view and a second sampler for the robustness check."""
+    view, a second sampler for the robustness check, and tuning on two training seeds."""
     spec = tiny_spec(base, recipe)
     spec["datasets"].insert(1, {"name": "cartoon-half", "task": "pick-style", "tune_from": "cartoon",
                                 "build": {"split": "cartoon", "severity": 0.5, "num_prompts": 4,
                                           "sampler": {"steps": 2, "guidance": 2.0}}})
     spec["matched"] = {"mapo": {"optim.lr": 1e-4}, "dpo": {}}
     spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
+    spec["eval"].update({"tuning_seeds": 2, "tuning_finalists": 1})
     return PipelineSpec.model_validate(spec)
