@@ -7,6 +7,7 @@ and the key, with the closest valid key when the key is unknown.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -194,13 +195,23 @@ def load_config(
     return validate(model_cls, data, source)
 
 
+# Keys added after configs were first hashed, with their defaults: a config leaving them at the default keeps
+# the hash it had before, so finished runs and checkpoints stay valid.
+LATER_KEYS: dict[tuple[str, ...], Any] = {("backend_options",): {}, ("reference_dtype",): "auto",
+                                          ("compile_denoiser",): False, ("optim", "implementation"): "auto"}
+
+
 def config_hash(model: BaseModel | dict[str, Any], exclude: set[str] | None = None) -> str:
     """16 hex digits of the sha256 of the canonical JSON of a config (order-independent)."""
-    data = model.model_dump(mode="json") if isinstance(model, BaseModel) else dict(model)
+    data = model.model_dump(mode="json") if isinstance(model, BaseModel) else copy.deepcopy(dict(model))
     for key in exclude or ():
         data.pop(key, None)
-    if data.get("backend_options") == {}:  # the default: hashes as configs written before the key existed
-        data.pop("backend_options")
+    for path, default in LATER_KEYS.items():  # at their defaults: hash as configs written before they existed
+        parent = data
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent.get(key), dict) else {}
+        if path[-1] in parent and parent[path[-1]] == default:
+            parent.pop(path[-1])
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -60,6 +60,9 @@ class OptimConfig(StrictModel):
     """None = no clipping (the grad norm is still logged)."""
     lr_scheduler: str = "constant"
     warmup_steps: int = Field(0, ge=0)
+    implementation: Literal["auto", "for-loop", "foreach", "fused"] = "auto"
+    """AdamW's kernel (torch.optim.AdamW foreach / fused): "auto" = torch's choice; "fused" one kernel per
+    step over all parameters (a cost lever; the same update up to rounding). adamw only."""
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -129,6 +132,12 @@ class TrainConfig(StrictModel):
     keep_last: int = Field(2, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights of the frozen parts (text encoders; UNet base under LoRA). A fully fine-tuned UNet trains in float32."""
+    reference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The frozen reference copy of a full-fine-tune DPO (a cost lever: bfloat16 halves its memory). "auto" =
+    the mixed-precision dtype (float32 without). Its per-sample errors are still computed in float32; the
+    rounding of its weights moves the DPO loss at initialisation away from log 2 (docs/performance.md)."""
+    compile_denoiser: bool = False
+    """torch.compile the trained denoiser (a cost lever for GPUs; slow to start on a CPU)."""
 
     @field_validator("resume", mode="before")
     @classmethod

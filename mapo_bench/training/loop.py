@@ -210,6 +210,9 @@ class Trainer:
         for module in frozen_modules(self.backend).values():
             module.requires_grad_(False)
         denoiser = self.backend.denoiser
+        if cfg.reference_dtype != "auto" and (cfg.lora.enabled or not self.method.needs_reference):
+            raise MapoBenchError(f"reference_dtype applies to a full fine-tune of a method with a frozen reference "
+                                 f"copy (dpo); {cfg.method}{' with LoRA' if cfg.lora.enabled else ''} has none")
         self.reference = None
         self.adapters = None
         if cfg.lora.enabled:
@@ -238,10 +241,13 @@ class Trainer:
             denoiser.requires_grad_(True)
             if self.method.needs_reference:
                 self.reference = copy.deepcopy(denoiser).requires_grad_(False).eval()
-                if cfg.mixed_precision != "no":
-                    self.reference.to(resolve_dtype(cfg.mixed_precision))
+                reference_dtype = cfg.reference_dtype if cfg.reference_dtype != "auto" else cfg.mixed_precision
+                if reference_dtype not in ("no", "float32"):
+                    self.reference.to(resolve_dtype(reference_dtype))
         if cfg.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
+        if cfg.compile_denoiser:
+            denoiser.compile()  # in place: the state dict keeps its keys, so checkpoints load as without it
         denoiser.train()
         self.model_dtype = next(p for p in denoiser.parameters() if not p.requires_grad or not cfg.lora.enabled).dtype
         self.denoiser = denoiser
@@ -251,9 +257,13 @@ class Trainer:
 
         opt = self.cfg.optim
         self.params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        if opt.implementation != "auto" and opt.name != "adamw":
+            raise MapoBenchError(f"optim.implementation={opt.implementation} applies to optim.name=adamw only")
         if opt.name == "adamw":
+            kernel = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+                      "fused": {"fused": True}}[opt.implementation]
             self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
-                                               eps=opt.eps)
+                                               eps=opt.eps, **kernel)
         elif opt.name == "adafactor":
             from transformers.optimization import Adafactor
 
@@ -277,6 +287,14 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------
     def _cast(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.model_dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+    def _reference_predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen reference copy's prediction, its inputs cast to its own dtype (``reference_dtype``)."""
+        dtype = next(self.reference.parameters()).dtype
+        if dtype != self.model_dtype:
+            noisy = noisy.to(dtype)
+            cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+        return self.backend.predict(self.reference, noisy, t, cond)
 
     def compute_loss(self, indices: np.ndarray, prior_indices: np.ndarray | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -308,7 +326,7 @@ class Trainer:
                     with self.adapters.disabled():
                         ref_pred = backend.predict(self.accelerator.unwrap_model(self.model), noisy, t, cond)
                 else:
-                    ref_pred = backend.predict(self.reference, noisy, t, cond)
+                    ref_pred = self._reference_predict(noisy, t, cond)
                 r_w, r_l = losses.per_sample_error(ref_pred, target).chunk(2)
         pred = backend.predict(self.model, noisy, t, cond)
         m = losses.per_sample_error(pred, target)
