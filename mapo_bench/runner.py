@@ -2,10 +2,12 @@
 
 Phase 1: build and measure every dataset; sample and score the base, and each dataset's target (the base
 prompted with the task's chosen prefix); train every grid setting of every method on the first seed of
-each tuned dataset and score it on validation prompts. Selection: per dataset and method, the largest
-preference advantage over the base among the settings whose mean fidelity is within the pipeline's
-margin of the target's (DESIGN.md section 5b); no such setting is a failed cell. Phase 2: the selected
-settings (and the matched view) on every seed, scored on test prompts (and at the second sampler).
+each tuned dataset and score it on validation prompts. With ``eval.tuning_seeds`` > 1, re-check rounds
+train the best settings eligible on the first seed on the other tuning seeds (selection.py). Selection: per
+dataset and method, the largest preference advantage over the base among the settings whose mean fidelity
+is within the pipeline's margin of the reference on every tuning seed (DESIGN.md section 5b); no such
+setting is a failed cell. Phase 2: the selected settings (and the matched view) on every seed, scored on
+test prompts (and at the second sampler).
 Then the report. Each job writes its stage config to ``configs/<job>.yaml`` (so ``--emit-commands`` can
 hand it to a scheduler) and a marker to ``state/<job>.json`` when it finishes; a job whose marker
 matches its config is skipped, so an interrupted run resumes where it stopped.
