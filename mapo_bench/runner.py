@@ -89,6 +89,9 @@ class Runner:
         self.pipeline_path = pipeline_path
         self.base = base_identity(spec)
         self.rank, self.world = distributed_rank()
+        # selection.py's scored tuning rows, per (dataset, method, setting, seed): a finished job's scores do
+        # not change, so the re-check rounds and the selection score each one once
+        self.tuning_rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
 
     def job_hash(self, job: Job) -> str:
         """The job's config and the base it runs on: what a finished marker must match."""

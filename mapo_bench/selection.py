@@ -94,17 +94,23 @@ def best_eligible(rows: list[dict[str, Any]], margin: float, seeds: int = 1) -> 
 
 def seed_row(runner: Runner, d: DatasetSpec, method: str, values: dict[str, Any], seed: int, base: Any,
              reference: Any) -> dict[str, Any]:
-    """One setting on one training seed: its fidelity gate and preference effect against the base."""
+    """One setting on one training seed: its fidelity gate and preference effect against the base (scored once
+    per runner: ``runner.tuning_rows``)."""
     from mapo_bench.stats import compare_frames, read_scores
 
+    key = (d.name, method, point_name(values), seed)
+    if key in runner.tuning_rows:
+        return runner.tuning_rows[key]
     ev = runner.spec.eval
     preference = ev.preference_metric[d.task]
     scores = read_scores(runner.scores_dir(f"{d.name}/{method}/{point_name(values)}-s{seed}", "validation"))
     pref = compare_frames(scores, base, preference, tie_margin=ev.tie_margins.get(preference, 0.0),
                           resamples=ev.resamples, seed=ev.bootstrap_seed)
-    return {"setting": point_name(values), "grid": values, "seed": seed,
-            **fidelity_check(scores, reference, ev, ev.resamples, ev.bootstrap_seed),
-            "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]}
+    row = {"setting": point_name(values), "grid": values, "seed": seed,
+           **fidelity_check(scores, reference, ev, ev.resamples, ev.bootstrap_seed),
+           "preference_advantage": pref["advantage"], "preference_win_rate": pref["win_rate"]}
+    runner.tuning_rows[key] = row
+    return row
 
 
 def merge_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,8 +134,10 @@ def is_finished(runner: Runner, d: DatasetSpec, method: str, values: dict[str, A
 
 def tuning_rows(runner: Runner, d: DatasetSpec) -> dict[str, list[dict[str, Any]]]:
     """Per method, every grid setting's row over the tuning seeds it has been scored on (the first always)."""
+    from mapo_bench.stats import read_scores
+
     spec = runner.spec
-    base = _read_validation(runner, f"base/{d.name}")
+    base = read_scores(runner.scores_dir(f"base/{d.name}", "validation"))
     reference = reference_scores(runner, d, "validation", reference_label(runner, d, "validation"))
     seeds = spec.seeds[:spec.eval.tuning_seeds]
     out = {}
@@ -140,16 +148,10 @@ def tuning_rows(runner: Runner, d: DatasetSpec) -> dict[str, list[dict[str, Any]
     return out
 
 
-def _read_validation(runner: Runner, label: str) -> Any:
-    from mapo_bench.stats import read_scores
-
-    return read_scores(runner.scores_dir(label, "validation"))
-
-
 def next_finalists(rows: list[dict[str, Any]], count: int, margin: float, seeds: int) -> list[dict[str, Any]]:
     """The settings to check on the other tuning seeds next: none while a fully checked one passes; else the
     ``count`` best first-seed-eligible settings not yet fully checked."""
-    if seeds <= 1 or best_eligible(rows, margin, seeds) is not None:
+    if best_eligible(rows, margin, seeds) is not None:
         return []
     waiting = [r for r in rows if len(r["seeds"]) < seeds and passes_gate(r["fidelity_advantage"], margin)]
     return sorted(waiting, key=lambda r: (r["preference_advantage"], r["fidelity_advantage"]), reverse=True)[:count]
@@ -161,9 +163,9 @@ def recheck_jobs(runner: Runner) -> list[Job]:
     spec = runner.spec
     ev = spec.eval
     jobs: list[Job] = []
+    if ev.tuning_seeds <= 1:
+        return jobs
     for d in [d for d in spec.datasets if d.tune_from is None]:
-        if ev.tuning_seeds <= 1:
-            break
         for method, rows in tuning_rows(runner, d).items():
             for row in next_finalists(rows, ev.tuning_finalists, ev.fidelity_margin, ev.tuning_seeds):
                 for seed in spec.seeds[1:ev.tuning_seeds]:

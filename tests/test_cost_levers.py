@@ -35,7 +35,10 @@ def test_dpo_with_a_bfloat16_reference_starts_near_log2_and_keeps_float32_errors
     first = read_log(train(cfg))[0]
     assert abs(first["loss"] - math.log(2)) < BF16_LOSS_TOLERANCE
     assert first["r_w"] != first["m_w"]  # the reference really ran in bfloat16 (float32 gives equal errors)
-    assert abs(first["r_w"] - first["m_w"]) < 1e-2 * first["m_w"]
+    # the reference's error differs from the model's by its weights' rounding carried through the UNet (bf16:
+    # 8 significant bits, 2^-9 relative per weight); the bound, 2^-7 of m_w, is a chosen margin of four such
+    # roundings, not derived (measured: 1.8e-4 of m_w)
+    assert abs(first["r_w"] - first["m_w"]) < 2**-7 * first["m_w"]
 
 
 def test_reference_dtype_without_a_frozen_copy_is_refused(tmp_path, tiny_sd15, pairs):

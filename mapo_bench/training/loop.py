@@ -285,15 +285,15 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.denoiser, self.optimizer)
 
     # -- one step -----------------------------------------------------------------------------------
-    def _cast(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.model_dtype) if v.is_floating_point() else v for k, v in cond.items()}
+    def _cast(self, cond: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        dtype = dtype or self.model_dtype
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
     def _reference_predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """The frozen reference copy's prediction, its inputs cast to its own dtype (``reference_dtype``)."""
         dtype = next(self.reference.parameters()).dtype
         if dtype != self.model_dtype:
-            noisy = noisy.to(dtype)
-            cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+            noisy, cond = noisy.to(dtype), self._cast(cond, dtype)
         return self.backend.predict(self.reference, noisy, t, cond)
 
     def compute_loss(self, indices: np.ndarray, prior_indices: np.ndarray | None = None
