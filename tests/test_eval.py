@@ -19,23 +19,31 @@ STYLE = {"target_style": "a Disney style animated image", "base_style": "a reali
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory, tiny_clip):
-    from mapo_bench.evaluators.tiny import build_tiny_aesthetic, build_tiny_hps, build_tiny_safety_checker
+    from mapo_bench.evaluators.tiny import (
+        build_tiny_aesthetic,
+        build_tiny_hps,
+        build_tiny_image_reward,
+        build_tiny_safety_checker,
+    )
 
     root = tmp_path_factory.mktemp("weights")
     return {"clip": tiny_clip, "hps": build_tiny_hps(root / "hps"),
             "nsfw": build_tiny_safety_checker(root / "nsfw"),
-            "aesthetic": build_tiny_aesthetic(root / "aesthetic.pth")}
+            "aesthetic": build_tiny_aesthetic(root / "aesthetic.pth"),
+            "imagereward": build_tiny_image_reward(root / "ImageReward")}
 
 
 def _eval_options(w) -> dict:
     """Config keys pointing every metric at the tiny weights."""
+    from mapo_bench.evaluators.tiny import TINY_IMAGE_REWARD_VISION
     from mapo_bench.testing import tiny_open_clip_config
 
     clip = str(w["clip"])
     return {"models": {"pickscore": clip, "clip": clip, "style": clip, "hps": str(w["hps"]), "nsfw": str(w["nsfw"]),
-                       "aesthetic": str(w["aesthetic"])},
+                       "aesthetic": str(w["aesthetic"]), "imagereward": str(w["imagereward"])},
             "options": {"pickscore": {"processor": clip}, "aesthetic": {"clip_model": clip},
-                        "hps": {"arch": tiny_open_clip_config()}}}
+                        "hps": {"arch": tiny_open_clip_config()},
+                        "imagereward": {"tokenizer": str(w["imagereward"]), "arch": TINY_IMAGE_REWARD_VISION}}}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,8 @@ def test_eval_all_metrics_end_to_end(two_models, tiny_weights):
     from mapo_bench import api
 
     root, base, mapo = two_models
-    config = {"metrics": ["pickscore", "hps", "aesthetic", "clip", "style", "nsfw"], "images": [str(base), str(mapo)],
+    config = {"metrics": ["pickscore", "hps", "aesthetic", "clip", "style", "nsfw", "imagereward"],
+              "images": [str(base), str(mapo)],
               "out": str(root / "scores"), "batch_size": 4, "device": "cpu", "task": "pick-style", **STYLE,
               **_eval_options(tiny_weights)}
     path = root / "eval.yaml"
@@ -66,14 +75,14 @@ def test_eval_all_metrics_end_to_end(two_models, tiny_weights):
     out = api.evaluate(path)
     scores = pd.read_parquet(out / "scores.parquet")
     assert list(scores.columns) == list(SCORE_COLUMNS)
-    assert len(scores) == 2 * 3 * 2 * 6  # models x prompts x seeds x metrics
+    assert len(scores) == 2 * 3 * 2 * 7  # models x prompts x seeds x metrics
     assert np.isfinite(scores["score"]).all()
     assert set(scores.loc[scores.metric == "hps", "metric_version"]) == {"v2.1"}
     assert not scores.loc[scores.metric == "nsfw", "higher_is_better"].any()
     style = scores.loc[scores.metric == "style", "score"]
     assert ((style >= 0) & (style <= 1)).all()
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 12 and set(summary["n"]) == {6}
+    assert len(summary) == 14 and set(summary["n"]) == {6}
     assert (out / "summary.md").read_text().startswith("| model | metric |")
     assert json.loads((out / "summary.json").read_text())["schema_version"] == 1
 
@@ -92,7 +101,7 @@ def test_eval_all_metrics_end_to_end(two_models, tiny_weights):
 
     # compare through the api (what `mapo-bench compare` prints)
     result = api.compare(out, model_a="mapo", model_b="base", resamples=200, seed=1)
-    assert set(result["metrics"]) == {"pickscore", "hps", "aesthetic", "clip", "style", "nsfw"}
+    assert set(result["metrics"]) == {"pickscore", "hps", "aesthetic", "clip", "style", "nsfw", "imagereward"}
     for stats in result["metrics"].values():
         assert stats["n"] == 6 and 0 <= stats["ci_low"] <= stats["win_rate"] <= stats["ci_high"] <= 1
         assert stats["resamples"] == 200 and stats["seed"] == 1

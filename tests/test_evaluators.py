@@ -256,7 +256,7 @@ def test_features_accepts_tensor_and_output_object():
     assert backbones.features(BaseModelOutputWithPooling(pooler_output=x)) is x
 
 
-@pytest.mark.parametrize("metric", ["pickscore", "clip", "hps", "nsfw", "aesthetic"])
+@pytest.mark.parametrize("metric", ["pickscore", "clip", "hps", "nsfw", "aesthetic", "imagereward"])
 def test_missing_model_offline_is_one_line_naming_it(metric):
     from mapo_bench.registry import EVALUATORS
 
@@ -274,6 +274,10 @@ def test_default_weights_offline_name_the_real_model():
         PickScore.load()
     with pytest.raises(ModelNotFoundError, match="xswu/HPSv2"):
         HPS.load()
+    from mapo_bench.evaluators.image_reward import ImageReward
+
+    with pytest.raises(ModelNotFoundError, match="THUDM/ImageReward"):
+        ImageReward.load()
 
 
 def test_aesthetic_real_file_name_checks_sha256(tmp_path, aesthetic_file):

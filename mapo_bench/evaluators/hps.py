@@ -46,18 +46,32 @@ def build_open_clip(arch: str | dict[str, Any]) -> Any:
     return open_clip.create_model(arch, pretrained=None)
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an HPS checkpoint (``weights_only=True``; a ``module.`` prefix is stripped)."""
+def load_checkpoint(path: Path, what: str = "HPS") -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a pickled checkpoint (``weights_only=True``; a ``module.`` prefix is stripped)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsafe pickle: one line
-        raise MapoBenchError(f"{path}: cannot load the HPS checkpoint ({type(exc).__name__}: "
+        raise MapoBenchError(f"{path}: cannot load the {what} checkpoint ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise MapoBenchError(f"{path}: an HPS checkpoint holds a dict with key 'state_dict'")
+        raise MapoBenchError(f"{path}: a {what} checkpoint holds a dict of tensors (or one under key 'state_dict')")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, device: str | None,
+              dtype: str) -> tuple[torch.device, torch.dtype]:
+    """``state`` loaded strictly into ``model`` (a mismatch is one line naming ``path``), then the model moved to
+    ``device`` and ``dtype`` in eval mode; returns the two."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MapoBenchError(f"{path}: does not fit {what} ({str(exc).splitlines()[0][:160]})") from None
+    torch_type = resolve_dtype(dtype)
+    target = resolve_device(device)
+    model.to(target, torch_type).eval()
+    return target, torch_type
 
 
 class HPS(Evaluator):
@@ -85,14 +99,8 @@ class HPS(Evaluator):
         if not path.is_file():
             raise MapoBenchError(f"hps: {path} not found; the {version} weights are {HPS_FILES[version]} of {HPS_REPO}")
         clip = build_open_clip(arch)
-        try:
-            clip.load_state_dict(load_checkpoint(path))
-        except RuntimeError as exc:
-            raise MapoBenchError(f"{path}: does not fit open_clip {arch if isinstance(arch, str) else 'config'} "
-                                 f"({str(exc).splitlines()[0][:160]})") from None
-        torch_type = resolve_dtype(dtype)
-        target = resolve_device(device)
-        clip.to(target, torch_type).eval()
+        target, torch_type = load_into(clip, load_checkpoint(path), path,
+                                       f"open_clip {arch if isinstance(arch, str) else 'config'}", device, dtype)
         size = clip.visual.image_size
         preprocess = open_clip.image_transform(size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD,
                                                resize_mode="longest", interpolation="bicubic", fill_color=0)

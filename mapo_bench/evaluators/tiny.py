@@ -84,3 +84,46 @@ def build_tiny_dino(folder: str | Path, seed: int = 0, image_size: int = 32) -> 
     ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.485, 0.456, 0.406],
                       image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     return folder
+
+
+TINY_WORDS = ("a", "an", "the", "of", "on", "in", "with", "and", "photo", "painting", "cat", "dog", "red", "blue",
+              "green", "small", "large", "square", "circle", "left", "right", "style", "cartoon", "##s", "##ing", ",", ".")
+TINY_IMAGE_REWARD_VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "intermediate_size": 64, "image_size": 224, "patch_size": 16}
+
+
+def build_tiny_image_reward(folder: str | Path, seed: int = 0) -> Path:
+    """A random ImageReward in the published layout: ``ImageReward.pt`` (BLIP's key names, the contrastive
+    heads and position ids included, as the package's own state dict has them), ``med_config.json`` (a
+    2-layer BERT of width 32) and a tiny uncased WordPiece ``vocab.txt``; its ViT is
+    ``TINY_IMAGE_REWARD_VISION`` (224 px, as the package's fixed preprocessing needs)."""
+    import json
+
+    from mapo_bench.evaluators.image_reward import IMAGE_REWARD_FILE, MED_CONFIG, RewardModel, rename_key
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+           "hidden_dropout_prob": 0.1, "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
+           "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": 4,
+           "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": len(vocab) + 2,
+           "encoder_width": 32, "add_cross_attention": True}
+    (folder / MED_CONFIG).write_text(json.dumps(med, indent=2))
+    torch.manual_seed(seed)
+    model = RewardModel(TINY_IMAGE_REWARD_VISION, {k: med[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                        "num_attention_heads", "intermediate_size", "max_position_embeddings", "pad_token_id")})
+    with torch.no_grad():  # random layer norms and biases too, so a swapped or dropped key changes the score
+        for name, param in model.named_parameters():
+            if name.endswith(("LayerNorm.weight", "layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight")):
+                param.copy_(1 + 0.2 * torch.randn_like(param))
+            elif name.endswith("bias") or "embedding" in name:
+                param.copy_(0.2 * torch.randn_like(param))
+    state = {rename_key(key, to_original=True): value.clone() for key, value in model.state_dict().items()}
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(med["max_position_embeddings"]).expand(1, -1)
+    for name, width in (("vision_proj", 32), ("text_proj", 32)):
+        state[f"blip.{name}.weight"] = torch.randn(256, width) * 0.02
+        state[f"blip.{name}.bias"] = torch.zeros(256)
+    torch.save(state, folder / IMAGE_REWARD_FILE)
+    return folder
