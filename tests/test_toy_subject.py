@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.evaluators.subject import ToySubjectSimilarity, highpass_power, peak_power, subject_peaks
+from mapo_bench.evaluators.subject import ToySubjectSimilarity, highpass_power, ring_contrast, subject_peaks
 from mapo_bench.toy import vocab
 from mapo_bench.toy.images import subject_items, subject_prompts, write_example
 from mapo_bench.toy.render import PATTERN_DEPTH, coverage, make_scene, pattern_mask, render_array
@@ -57,31 +57,45 @@ def _cosine_image(fy: int, fx: int, amplitude: float = 0.25) -> np.ndarray:
     return np.repeat(np.round(grey * 255)[..., None], 3, axis=2).astype(np.uint8)
 
 
-def test_highpass_power_and_peaks_by_hand():
-    """A horizontal cosine of 8 cycles with amplitude a (64/255 after rounding) has power (a * 1024 / 2)^2 at
+def test_highpass_power_peaks_and_ring_contrast_by_hand():
+    """A horizontal cosine of 8 cycles with amplitude a (64/255 after rounding) has power P = (a * 1024 / 2)^2 at
     frequencies (+-8, 0) (flat bins 256 and 768) and nothing else but rounding noise; a 2-cycle one lies below
-    the cutoff."""
+    the cutoff. Its peaks are those two bins only (the rounding noise is below 5% of P). The ring of radius 8
+    above the cutoff (8 <= r < 8.5) holds 32 bins: (+-8, 0), (0, +-8), and 8 each of (8, 1), (8, 2) and (7, 4)
+    up to signs and order, 4 of (6, 6); so the contrast at each peak is P - 2P/32."""
     image = _cosine_image(8, 0)
     power = highpass_power(image[None])
     amplitude = (image[..., 0].astype(float) / 255).max() - 0.5  # the rounded amplitude, about 0.25
     expected = (amplitude * 1024 / 2) ** 2
     assert power[0, 8, 0] == pytest.approx(expected, rel=2e-3) and power[0, 24, 0] == pytest.approx(expected, rel=2e-3)
     assert power[0].sum() == pytest.approx(2 * expected, rel=1e-2)
-    assert subject_peaks(power, k=2).tolist() == [256, 768]
+    assert subject_peaks(power).tolist() == [256, 768]
     assert highpass_power(_cosine_image(2, 0)[None]).sum() < 1e-3 * expected  # only uint8 rounding is left
-    assert peak_power(power, np.array([256])).tolist() == pytest.approx([expected], rel=2e-3)
+    assert ring_contrast(power, np.array([256])).tolist() == pytest.approx([expected * (1 - 2 / 32)], rel=2e-3)
 
 
 def test_toy_subject_scores_by_hand():
-    """Subject: the horizontal cosine. The same image scores 1, the vertical one 0 (no power in its bins),
-    half the amplitude a quarter (power goes with the square of the amplitude)."""
+    """Subject: the horizontal cosine (contrast 2P - 4P/32). The same image scores 1; half the amplitude a
+    quarter (power goes with the square of the amplitude); the vertical cosine, whose power sits in the same
+    ring but not in the subject's bins, -(4P/32) / (2P - 4P/32) = -2/30."""
     metric = ToySubjectSimilarity([Image.fromarray(_cosine_image(8, 0))], "digest")
     scores = metric.score([Image.fromarray(_cosine_image(8, 0)), Image.fromarray(_cosine_image(0, 8)),
                            Image.fromarray(_cosine_image(8, 0, 0.125))], ["p"] * 3)
-    assert scores[0] == pytest.approx(1.0) and scores[1] == pytest.approx(0.0, abs=1e-9)
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] == pytest.approx(-2 / 30, rel=2e-3)
     assert scores[2] == pytest.approx(0.25, rel=0.02)
     with pytest.raises(MapoBenchError, match="no high-frequency texture"):
         ToySubjectSimilarity([Image.new("RGB", (32, 32), (90, 90, 90))], "flat")
+
+
+def test_toy_subject_does_not_reward_noise():
+    """White noise spreads its power evenly over each ring, so its contrast is about 0 (the absolute power at
+    the subject's bins, the previous rule, scored noise of s.d. 20 grey levels at 9 x the base's samples)."""
+    subject = [Image.open(p) for p in sorted((EXAMPLES / "toy-subject-sks/images").glob("*.png"))]
+    metric = ToySubjectSimilarity(subject, "x")
+    noise = np.random.default_rng(0).normal(128, 20, (200, 32, 32, 1)).repeat(3, axis=-1)
+    scores = metric.score([Image.fromarray(a) for a in np.clip(noise, 0, 255).astype(np.uint8)], [])
+    assert abs(scores.mean()) < 3 * scores.std() / np.sqrt(len(scores)) + 0.01  # measured 0.004 +- 0.006
 
 
 def test_toy_subject_separates_the_subject_from_the_plain_object():

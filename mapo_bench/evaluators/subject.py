@@ -128,6 +128,14 @@ class DinoSimilarity(SubjectSimilarity):
 
 LOW_FREQUENCY_RADIUS = 8  # cycles per image: below it lie the object's outline, shading and background
 PEAK_BINS = 8
+PEAK_FLOOR = 0.05  # a peak holds at least this share of the strongest bin's power (not the rounding noise)
+
+
+def frequency_radius(height: int, width: int) -> np.ndarray:
+    """``(H, W)``: each FFT bin's frequency radius in cycles per image."""
+    fy = np.fft.fftfreq(height) * height
+    fx = np.fft.fftfreq(width) * width
+    return np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
 
 
 def highpass_power(images: np.ndarray) -> np.ndarray:
@@ -137,22 +145,32 @@ def highpass_power(images: np.ndarray) -> np.ndarray:
     is drawn."""
     grey = np.asarray(images, dtype=np.float64).mean(axis=-1) / 255.0
     power = np.abs(np.fft.fft2(grey - grey.mean(axis=(1, 2), keepdims=True))) ** 2
-    fy = np.fft.fftfreq(grey.shape[1]) * grey.shape[1]
-    fx = np.fft.fftfreq(grey.shape[2]) * grey.shape[2]
-    radius = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
-    return power * (radius >= LOW_FREQUENCY_RADIUS)
+    return power * (frequency_radius(*grey.shape[1:]) >= LOW_FREQUENCY_RADIUS)
 
 
 def subject_peaks(power: np.ndarray, k: int = PEAK_BINS) -> np.ndarray:
-    """``(N, H, W) -> (k,)``: the flat indices of the ``k`` frequency bins with the most mean power over
-    the subject images (ties: the lower index)."""
+    """``(N, H, W) -> (<= k,)``: the flat indices of the ``k`` high-frequency bins with the most mean power over
+    the subject images, keeping those with at least ``PEAK_FLOOR`` of the strongest one's (ties: the lower
+    index)."""
     mean = power.reshape(len(power), -1).mean(axis=0)
-    return np.sort(np.argsort(-mean, kind="stable")[:k])
+    top = np.argsort(-mean, kind="stable")[:k]
+    return np.sort(top[mean[top] >= PEAK_FLOOR * mean[top[0]]])
 
 
-def peak_power(power: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """``(N, H, W), (K,) -> (N,)``: each spectrum's power summed over ``bins``."""
-    return power.reshape(len(power), -1)[:, bins].sum(axis=1)
+def ring_contrast(power: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """``(N, H, W), (K,) -> (N,)``: the sum over ``bins`` of each spectrum's power there minus its mean power
+    over the high-frequency bins of the same radius (rounded to a whole cycle per image). Noise spreads its
+    power evenly over a ring and the outlines of untextured objects mostly along the axes, so neither
+    raises it; a texture of the subject's frequency and orientation does."""
+    height, width = power.shape[1:]
+    radius = frequency_radius(height, width).reshape(-1)
+    ring = np.rint(radius).astype(int)
+    band = radius >= LOW_FREQUENCY_RADIUS
+    flat = power.reshape(len(power), -1)
+    contrast = np.zeros(len(power))
+    for b in bins:
+        contrast += flat[:, b] - flat[:, band & (ring == ring[b])].mean(axis=1)
+    return contrast
 
 
 def as_array(images: list[Any]) -> np.ndarray:
@@ -161,23 +179,23 @@ def as_array(images: list[Any]) -> np.ndarray:
 
 class ToySubjectSimilarity(Evaluator):
     """``toy-subject``: the toy analogue of ``dino`` / ``clip-i`` for the toy world's subject and concepts,
-    whose identity is a texture (``toy.vocab.PATTERNS``). A fixed rule, no learned embedding: the power a
-    sample holds in the 8 high-frequency bins where the subject images hold the most, divided by the subject
-    images' mean power there. Measured on renders (docs/datasets.md): the subject's own renders score about
-    1, the plain object about 0.02; the same texture in another style scores lower (0.1-0.5: a smaller,
-    differently shaded fill), a small object lower than a large one (compare paired images only), and a
-    checkerboard, which holds both diagonals, about as high as the diagonal-striped subject."""
+    whose identity is a texture (``toy.vocab.PATTERNS``). A fixed rule, no learned embedding: the ring
+    contrast (:func:`ring_contrast`) of a sample at the high-frequency bins where the subject images hold the
+    most power, divided by the subject images' mean contrast there. 1 for the subject's own renders, about 0
+    for untextured objects and for noise; numbers measured on renders and samples in docs/datasets.md."""
 
     name: ClassVar[str] = "toy-subject"
     reads_subject: ClassVar[bool] = True
 
     def __init__(self, subject: list[Any], digest: str) -> None:
         power = highpass_power(as_array(subject))
-        self.bins = subject_peaks(power)
-        self.reference_power = float(peak_power(power, self.bins).mean())
-        if self.reference_power <= 0:
+        if not power.any():
             raise MapoBenchError("toy-subject: the subject images hold no high-frequency texture to compare with")
-        self.version = f"spectrum-{LOW_FREQUENCY_RADIUS}-{PEAK_BINS}:{digest}"
+        self.bins = subject_peaks(power)
+        self.reference = float(ring_contrast(power, self.bins).mean())
+        if self.reference <= 0:
+            raise MapoBenchError("toy-subject: the subject images hold no high-frequency texture to compare with")
+        self.version = f"contrast-{LOW_FREQUENCY_RADIUS}-{PEAK_BINS}:{digest}"
 
     @classmethod
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
@@ -189,4 +207,4 @@ class ToySubjectSimilarity(Evaluator):
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         if not images:
             return np.zeros(0)
-        return peak_power(highpass_power(as_array(images)), self.bins) / self.reference_power
+        return ring_contrast(highpass_power(as_array(images)), self.bins) / self.reference
