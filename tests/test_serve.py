@@ -5,6 +5,7 @@ and by key and survives a reload."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -151,7 +152,7 @@ def test_a_server_killed_mid_vote_leaves_a_sound_database(run):
                         return
                     if post(base + "/api/vote", {"pair": nxt["pair"], "choice": "tie"}, cookie)["ok"]:
                         acknowledged.append(nxt["pair"])
-                except OSError:
+                except (OSError, http.client.HTTPException):  # the server died mid-response (IncompleteRead)
                     return
 
         thread = threading.Thread(target=voter)
