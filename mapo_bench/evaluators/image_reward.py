@@ -140,15 +140,14 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-def preprocess(images: list[Any], size: int) -> torch.Tensor:
-    """``N`` PIL images -> ``(N, 3, size, size)``: shortest side to ``size`` (bicubic), centre crop, CLIP mean /
-    std (the package's torchvision transform)."""
+def preprocessing(size: int) -> Any:
+    """PIL image -> ``(3, size, size)``: shortest side to ``size`` (bicubic), centre crop, CLIP mean / std (the
+    package's torchvision transform)."""
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-                                    transforms.CenterCrop(size), transforms.ToTensor(),
-                                    transforms.Normalize(CLIP_MEAN, CLIP_STD)])
-    return torch.stack([transform(image) for image in rgb(images)])
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(size), transforms.ToTensor(),
+                               transforms.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
 class ImageReward(Evaluator):
@@ -157,7 +156,7 @@ class ImageReward(Evaluator):
 
     def __init__(self, model: RewardModel, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, dtype
-        self.image_size = model.vision.config.image_size
+        self.preprocess = preprocessing(model.vision.config.image_size)
 
     @classmethod
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str = IMAGE_REWARD_REPO,
@@ -165,7 +164,7 @@ class ImageReward(Evaluator):
         """``model``: a folder (or repo id) holding ``ImageReward.pt`` and ``med_config.json``; ``tokenizer``:
         the ``bert-base-uncased`` files (``vocab.txt``; default: the model folder when it holds them, else
         ``google-bert/bert-base-uncased``); ``arch``: the ViT's settings (default BLIP's ViT-L)."""
-        from mapo_bench.evaluators.hps import load_checkpoint, load_into
+        from mapo_bench.evaluators.checkpoints import load_checkpoint, load_into
 
         no_options(cls.name, options)
         weights = resolve_model(model, filename=IMAGE_REWARD_FILE)
@@ -184,7 +183,7 @@ class ImageReward(Evaluator):
 
     @torch.no_grad()
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
-        pixels = preprocess(images, self.image_size).to(self.device, self.dtype)
+        pixels = torch.stack([self.preprocess(image) for image in rgb(images)]).to(self.device, self.dtype)
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS,
                                 return_tensors="pt")
         rewards = self.model(pixels, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))

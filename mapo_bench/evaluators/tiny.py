@@ -99,7 +99,13 @@ def build_tiny_image_reward(folder: str | Path, seed: int = 0) -> Path:
     ``TINY_IMAGE_REWARD_VISION`` (224 px, as the package's fixed preprocessing needs)."""
     import json
 
-    from mapo_bench.evaluators.image_reward import IMAGE_REWARD_FILE, MED_CONFIG, RewardModel, rename_key
+    from mapo_bench.evaluators.image_reward import (
+        IMAGE_REWARD_FILE,
+        MED_CONFIG,
+        RewardModel,
+        rename_key,
+        text_config,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,8 +118,7 @@ def build_tiny_image_reward(folder: str | Path, seed: int = 0) -> Path:
            "encoder_width": 32, "add_cross_attention": True}
     (folder / MED_CONFIG).write_text(json.dumps(med, indent=2))
     torch.manual_seed(seed)
-    model = RewardModel(TINY_IMAGE_REWARD_VISION, {k: med[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                        "num_attention_heads", "intermediate_size", "max_position_embeddings", "pad_token_id")})
+    model = RewardModel(TINY_IMAGE_REWARD_VISION, text_config(folder / MED_CONFIG))
     with torch.no_grad():  # random layer norms and biases too, so a swapped or dropped key changes the score
         for name, param in model.named_parameters():
             if name.endswith(("LayerNorm.weight", "layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight")):
