@@ -289,6 +289,19 @@ def render_csv(results: dict[str, Any]) -> str:
 PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base")
 
 
+def standing_caption(primary: dict[str, Any]) -> str:
+    """The plot title's second line: at how many levels MaPO's interval is above / below DPO's ("" when
+    the trend block predates the count)."""
+    if "levels_behind" not in primary:
+        return ""
+    n, ahead, behind = primary["n_levels"], primary["levels_ahead"], primary["levels_behind"]
+    if behind == n:
+        return "\n(MaPO behind DPO at every level)"
+    if ahead == n:
+        return "\n(MaPO ahead of DPO at every level)"
+    return f"\n(MaPO ahead at {ahead}, behind at {behind}, level at {n - ahead - behind} of {n} levels)"
+
+
 def plot_severity(results: dict[str, Any], path: Path) -> Path:
     """severity_vs_effect.png: x = the primary severity measure of the prefixed side (95% CI as x error
     bars, each point labelled with its dataset), y = mean preference advantage with 95% CI; one panel for
@@ -324,9 +337,8 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
                     ax.annotate(r["dataset"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(MaxNLocator(5))  # severity values are small: long tick labels must not collide
-        # the verdict, and MaPO behind at every level where it is, so "grows" is not read as a lead
-        verdicts = [b["primary"]["verdict"] + ("\n(MaPO behind DPO at every level)" if b["primary"].get("levels_behind")
-                                               == b["primary"]["n_levels"] else "")
+        # the verdict with where MaPO stands, so a "grows" from behind is not read as a lead
+        verdicts = [b["primary"]["verdict"] + standing_caption(b["primary"])
                     for b in results["trend"].values() if b["primary"]["side"] == side]
         ax.set_title(title + (f" - trend: {', '.join(verdicts)}" if verdicts else ""), fontsize=10)
         measure = results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"

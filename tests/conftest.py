@@ -93,8 +93,12 @@ def tiny_toy(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
-    """The full tiny toy pipeline (``tests/tiny_pipeline.py``) run twice, each in an empty folder: the
-    runner's reproducibility test and the report-page browser tests read these runs."""
+    """The full tiny toy pipeline (``tests/tiny_pipeline.py``) run twice, each in an empty folder: once in
+    this process, once by ``mapo-bench run`` on the spec written as YAML (so the reproducibility test also
+    covers the entry point); the report-page browser tests read these runs."""
+    import subprocess
+    import sys
+
     import yaml
     from tiny_pipeline import full_tiny_spec
 
@@ -107,7 +111,14 @@ def tiny_runs(tmp_path_factory):
     recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
                                       "log": {"progress": False}}))
     spec = full_tiny_spec(base, recipe)
-    return spec, [run_pipeline(spec, out=root / f"run{i}").parent for i in (1, 2)]
+    first = run_pipeline(spec, out=root / "run1").parent
+    pipeline = root / "tiny.yaml"  # sort_keys=False: the methods' order is the rows' order
+    pipeline.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    second = root / "run2"
+    done = subprocess.run([sys.executable, "-m", "mapo_bench", "run", str(pipeline), "--out", str(second)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return spec, [first, second]
 
 
 CHROMIUM = os.environ.get("MAPO_BENCH_CHROMIUM", "/usr/bin/chromium")

@@ -79,8 +79,9 @@ def test_emit_commands_prints_resumable_job_commands(tmp_path, capsys):
 
 
 def test_a_run_reproduces_in_an_empty_folder(tiny_runs):
-    """Two runs of one pipeline in two empty folders: results.json equal in every field but timings and
-    package versions (same machine, same thread count)."""
+    """Two runs of one pipeline in two empty folders, one in-process and one through ``mapo-bench run`` on
+    the YAML file: results.json equal in every field but timings and package versions (same machine, same
+    thread count)."""
     _, runs = tiny_runs
     first, second = (json.loads((run / "report" / "results.json").read_text()) for run in runs)
     for results in (first, second):
