@@ -102,10 +102,15 @@ def test_cache_gives_the_same_losses(tmp_path, tiny_sdxl, pairs):
     fresh = train(tiny_config(tmp_path, tiny_sdxl, "sdxl", "mapo", out=tmp_path / "f",
                               cache={"enabled": False}, **common))
     for row_c, row_f in zip(read_log(cached), read_log(fresh), strict=True):
+        # Step 1 sees the same inputs up to the last bits of batched float32 VAE calls (measured 2026-12-04:
+        # loss 2.5e-6 relative, margin 1.8e-7 absolute). Each Adam step then amplifies them: Adam divides by
+        # the gradient's own scale, so coordinates with near-zero gradients move by about lr either way
+        # (step 2: loss 1.2e-4 relative on one machine, 1.2e-5 on another), so later steps get a loose bound and
+        # step 1 carries the check that the cache holds the right latents.
+        tight = row_c["step"] == 1
         for key in ("loss", "m_w", "m_l", "margin"):
-            # three optimizer steps amplify last-bit differences of batched float32 VAE calls (torch 2.14.1:
-            # loss 1.2e-5 relative; the margin, a difference of two ~1.2 errors, 2.6e-6 absolute)
-            assert row_c[key] == pytest.approx(row_f[key], rel=1e-4, abs=1e-5), key
+            assert row_c[key] == pytest.approx(row_f[key], rel=1e-5 if tight else 1e-3, abs=1e-6 if tight else 1e-4), \
+                (row_c["step"], key)
     train(tiny_config(tmp_path, tiny_sdxl, "sdxl", "dpo", out=tmp_path / "d", **common))
     assert sorted((tmp_path / "cache").rglob("shard-*.safetensors")) == shards
 
