@@ -15,10 +15,12 @@ import pytest  # noqa: E402
 SHARED_RUNS = "tiny_runs"  # the session fixture that runs the tiny pipeline twice (about a minute)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Groups for pytest-xdist's ``--dist loadgroup``: the tests that read the tiny pipeline runs share one
     process (the runs are made once), every other test stays with its module (module fixtures are built
-    once). Without xdist the marks do nothing."""
+    once). Without xdist the marks do nothing. ``tryfirst``: xdist's worker reads the marks in its own
+    collection hook, which otherwise runs first (measured: without it both workers built the tiny runs)."""
     for item in items:
         group = SHARED_RUNS if SHARED_RUNS in item.fixturenames else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
