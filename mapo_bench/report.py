@@ -14,7 +14,7 @@ from mapo_bench import faults
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.results import UNADJUSTED_NOTE, build_results
-from mapo_bench.trend import standing_text
+from mapo_bench.trend import standing_phrase, standing_text
 
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
 VERDICT_TEXT = {"grows": "**grows**", "shrinks": "**shrinks**", "no evidence either way": "shows **no evidence either way**",
@@ -289,19 +289,6 @@ def render_csv(results: dict[str, Any]) -> str:
 PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base")
 
 
-def standing_caption(primary: dict[str, Any]) -> str:
-    """The plot title's second line: at how many levels MaPO's interval is above / below DPO's ("" when
-    the trend block predates the count)."""
-    if "levels_behind" not in primary:
-        return ""
-    n, ahead, behind = primary["n_levels"], primary["levels_ahead"], primary["levels_behind"]
-    if behind == n:
-        return "\n(MaPO behind DPO at every level)"
-    if ahead == n:
-        return "\n(MaPO ahead of DPO at every level)"
-    return f"\n(MaPO ahead at {ahead}, behind at {behind}, level at {n - ahead - behind} of {n} levels)"
-
-
 def plot_severity(results: dict[str, Any], path: Path) -> Path:
     """severity_vs_effect.png: x = the primary severity measure of the prefixed side (95% CI as x error
     bars, each point labelled with its dataset), y = mean preference advantage with 95% CI; one panel for
@@ -338,8 +325,11 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(MaxNLocator(5))  # severity values are small: long tick labels must not collide
         # the verdict with where MaPO stands, so a "grows" from behind is not read as a lead
-        verdicts = [b["primary"]["verdict"] + standing_caption(b["primary"])
-                    for b in results["trend"].values() if b["primary"]["side"] == side]
+        verdicts = []
+        for block in results["trend"].values():
+            if block["primary"]["side"] == side:
+                phrase = standing_phrase(block["primary"])
+                verdicts.append(block["primary"]["verdict"] + (f"\n({phrase})" if phrase else ""))
         ax.set_title(title + (f" - trend: {', '.join(verdicts)}" if verdicts else ""), fontsize=10)
         measure = results["severity"][rows[0]["dataset"]]["severity_measure"] if rows else "severity"
         ax.set_xlabel(f"{measure} of the {side} side (95% CI)")

@@ -108,19 +108,27 @@ def overlapping_neighbours(levels: list[dict[str, Any]]) -> list[list[str]]:
     return pairs
 
 
-def standing_text(record: dict[str, Any]) -> str:
-    """A clause on where MaPO stands beside the slope: ahead / behind at how many levels, and which
-    neighbouring levels the severity measure does not separate ("" when there is nothing to add)."""
+def standing_phrase(record: dict[str, Any]) -> str:
+    """Where MaPO stands against DPO: at how many levels its interval is above / below 0 ("" for a trend
+    block without a slope or from before the counts). The answer line and the plot title both say it."""
     if record.get("slope") is None or "levels_ahead" not in record:
         return ""
     n, ahead, behind = record["n_levels"], record["levels_ahead"], record["levels_behind"]
-    parts = []
     if behind == n:
-        parts.append(f"MaPO behind at all {n} levels, so a rising slope is a shrinking deficit, not a lead")
-    elif ahead == n:
-        parts.append(f"MaPO ahead at all {n} levels")
-    else:
-        parts.append(f"MaPO ahead at {ahead}, behind at {behind}, level with it at {n - ahead - behind} of {n} levels")
+        return f"MaPO behind at all {n} levels"
+    if ahead == n:
+        return f"MaPO ahead at all {n} levels"
+    return f"MaPO ahead at {ahead}, behind at {behind}, level with it at {n - ahead - behind} of {n} levels"
+
+
+def standing_text(record: dict[str, Any]) -> str:
+    """A clause on where MaPO stands beside the slope (:func:`standing_phrase`), and which neighbouring
+    levels the severity measure does not separate ("" when there is nothing to add)."""
+    phrase = standing_phrase(record)
+    if not phrase:
+        return ""
+    parts = [phrase + (", so a rising slope is a shrinking deficit, not a lead"
+                       if record["levels_behind"] == record["n_levels"] else "")]
     unresolved = record.get("unresolved_severity") or []
     if unresolved:
         parts.append("severity intervals overlap for " + ", ".join(" / ".join(p) for p in unresolved))

@@ -101,21 +101,13 @@ def tiny_runs(tmp_path_factory):
     import subprocess
     import sys
 
-    import yaml
-    from tiny_pipeline import full_tiny_spec
+    from tiny_pipeline import write_tiny_pipeline
 
     from mapo_bench.runner import run_pipeline
-    from mapo_bench.toy.tiny import build_tiny_toy
 
     root = tmp_path_factory.mktemp("runs")
-    base = build_tiny_toy(root / "base")
-    recipe = root / "train.yaml"
-    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
-                                      "log": {"progress": False}}))
-    spec = full_tiny_spec(base, recipe)
+    spec, pipeline = write_tiny_pipeline(root)
     first = run_pipeline(spec, out=root / "run1").parent
-    pipeline = root / "tiny.yaml"  # sort_keys=False: the methods' order is the rows' order
-    pipeline.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
     second = root / "run2"
     done = subprocess.run([sys.executable, "-m", "mapo_bench", "run", str(pipeline), "--out", str(second)],
                           capture_output=True, text=True)

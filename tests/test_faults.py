@@ -185,22 +185,12 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_runs, 
 @pytest.fixture(scope="module")
 def tiny_run_reference(tmp_path_factory):
     """The full tiny pipeline as a YAML file and its uninterrupted run, through the CLI like the killed ones,
-    in this module's own worker (the tiny_runs group is the suite's longest already). An in-process run of
-    the same spec gives the same results.json, provided the YAML keeps the methods' order: yaml.safe_dump
-    sorts keys by default, which puts dpo before mapo and so reorders the rows (measured 2026-12-04)."""
-    import yaml
-    from tiny_pipeline import full_tiny_spec
-
-    from mapo_bench.toy.tiny import build_tiny_toy
+    in this module's own worker (the tiny_runs group is the suite's longest already). (An in-process run of
+    the same spec gives the same results.json: test_a_run_reproduces_in_an_empty_folder.)"""
+    from tiny_pipeline import write_tiny_pipeline
 
     root = tmp_path_factory.mktemp("run-faults")
-    base = build_tiny_toy(root / "base")
-    recipe = root / "train.yaml"
-    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
-                                      "log": {"progress": False}}))
-    pipeline = root / "tiny.yaml"
-    pipeline.write_text(yaml.safe_dump(full_tiny_spec(base, recipe).model_dump(mode="json", exclude_defaults=True),
-                                       sort_keys=False))
+    _, pipeline = write_tiny_pipeline(root)
     result = cli(["run", str(pipeline), "--out", str(root / "reference")])
     assert result.returncode == 0, result.stderr[-2000:]
     return pipeline, root / "reference"

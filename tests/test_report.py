@@ -281,13 +281,3 @@ def test_lower_reference_passes_a_model_that_does_not_move(tmp_path, monkeypatch
     assert again["cells"]["style-b"]["mapo"]["grid"] == {"optim.lr": 1e-4}
     assert again["cells"]["style-b"]["mapo"]["reference"] == "target"
 
-
-def test_the_plot_title_says_where_mapo_stands_beside_the_verdict():
-    """A "grows" from behind must not read as a lead: the caption counts levels ahead / behind / level."""
-    from mapo_bench.report import standing_caption
-
-    assert standing_caption({"n_levels": 3, "levels_ahead": 0, "levels_behind": 2}) == \
-        "\n(MaPO ahead at 0, behind at 2, level at 1 of 3 levels)"
-    assert standing_caption({"n_levels": 3, "levels_ahead": 0, "levels_behind": 3}) == "\n(MaPO behind DPO at every level)"
-    assert standing_caption({"n_levels": 6, "levels_ahead": 6, "levels_behind": 0}) == "\n(MaPO ahead of DPO at every level)"
-    assert standing_caption({"n_levels": 6, "verdict": "grows"}) == ""  # a trend block from before the counts

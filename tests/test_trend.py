@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapo_bench.trend import ols_slope, rank_correlation, severity_draws, slope_test, standing_text, verdict
+from mapo_bench.trend import (
+    ols_slope,
+    rank_correlation,
+    severity_draws,
+    slope_test,
+    standing_phrase,
+    standing_text,
+    verdict,
+)
 
 
 def level(name: str, x: float, effect: float, draws: np.ndarray, x_ci: tuple[float, float] | None = None) -> dict:
@@ -87,3 +95,16 @@ def test_standing_counts_levels_whose_interval_excludes_zero():
     res = slope_test(levels)
     assert (res["levels_ahead"], res["levels_behind"]) == (1, 1)
     assert standing_text(res) == "MaPO ahead at 1, behind at 1, level with it at 1 of 3 levels"
+
+
+def test_standing_phrase_counts_levels_for_the_answer_and_the_plot_title():
+    """A "grows" from behind must not read as a lead: the phrase counts levels ahead / behind / level
+    (n - ahead - behind), and is empty without a slope or without the counts."""
+    assert standing_phrase({"slope": 0.1, "n_levels": 3, "levels_ahead": 0, "levels_behind": 2}) == \
+        "MaPO ahead at 0, behind at 2, level with it at 1 of 3 levels"
+    assert standing_phrase({"slope": 0.1, "n_levels": 3, "levels_ahead": 0, "levels_behind": 3}) == \
+        "MaPO behind at all 3 levels"
+    assert standing_phrase({"slope": 0.1, "n_levels": 6, "levels_ahead": 6, "levels_behind": 0}) == \
+        "MaPO ahead at all 6 levels"
+    assert standing_phrase({"slope": None, "n_levels": 1, "levels_ahead": 0, "levels_behind": 0}) == ""
+    assert standing_phrase({"slope": 0.1, "n_levels": 6}) == ""  # a trend block from before the counts

@@ -40,3 +40,21 @@ def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
     spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
     spec["eval"].update({"tuning_seeds": 2, "tuning_finalists": 1})
     return PipelineSpec.model_validate(spec)
+
+
+def write_tiny_pipeline(root: Path) -> tuple[PipelineSpec, Path]:
+    """Build the tiny base and train recipe under ``root`` and write the full tiny pipeline as
+    ``root/tiny.yaml`` for ``mapo-bench run``; returns the spec and the file. ``sort_keys=False``: the
+    methods' order is the rows' order, and yaml.safe_dump's default sorting puts dpo before mapo."""
+    import yaml
+
+    from mapo_bench.toy.tiny import build_tiny_toy
+
+    base = build_tiny_toy(root / "base")
+    recipe = root / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 2, "batch_size": 2, "checkpoint_every": 100,
+                                      "log": {"progress": False}}))
+    spec = full_tiny_spec(base, recipe)
+    pipeline = root / "tiny.yaml"
+    pipeline.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    return spec, pipeline
