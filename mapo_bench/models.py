@@ -7,12 +7,16 @@ one line that names the id and both ways to supply it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mapo_bench.errors import ModelNotFoundError
 
 MODEL_ROOT_VAR = "MAPO_BENCH_MODEL_ROOT"
 HUB_TIMEOUT_S = "5"
+# Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
+NON_PYTORCH_WEIGHTS = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*openvino*", "*.ckpt",
+                       "*.fp16.safetensors", "*.fp16.bin"]
 
 
 def _missing(model_id: str, reason: str) -> ModelNotFoundError:
@@ -22,6 +26,9 @@ def _missing(model_id: str, reason: str) -> ModelNotFoundError:
         f"model {model_id!r} is not available ({reason}): pass a local folder as the model "
         f"(e.g. --model /path/to/{Path(model_id).name}) or put a copy at {where}"
     )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
 
 
 def looks_like_path(model_id: str) -> bool:

@@ -41,7 +41,10 @@ class DatasetSpec(StrictModel):
     build: dict[str, Any] = Field(default_factory=dict, description="extra build-dataset keys")
     tune_from: str | None = Field(None, description="use the settings selected on this dataset (no grid here)")
     path: str | None = Field(None, description="an existing pair dataset in the Pick-a-Pic v2 layout (a local folder "
-                                               "or parquet file, or a hub id for training) used as it is, not built")
+                                               "or parquet file, or a hub id for training) used as it is, not built: "
+                                               "Pick-a-Pic itself, or a released set of a built task (e.g. "
+                                               "mapo-t2i/pick-style-cartoon with build: {split: cartoon}, whose "
+                                               "build keys then only name the task's scoring context)")
     prompts: dict[Literal["validation", "test"], str] | None = Field(
         None, description="this dataset's own validation and test prompt sources (e.g. a subject's new contexts); "
                           "the base is then sampled on them for this dataset, instead of eval's prompts")
@@ -67,9 +70,8 @@ class DatasetSpec(StrictModel):
         if given and self.path is None:
             raise ValueError(f"dataset {self.name!r}: task {self.task} is not built; give its path (a local copy "
                              "or a hub id)")
-        if self.path is not None and (not given or self.build):
-            raise ValueError(f"dataset {self.name!r}: a dataset with a path is used as it is: task pick-a-pic, "
-                             "no build keys")
+        if given and self.build:
+            raise ValueError(f"dataset {self.name!r}: task {self.task} is used as it is: no build keys")
         return self
 
     def prompt_source(self, split: str, default: str) -> str:
@@ -182,6 +184,42 @@ class RatingSpec(StrictModel):
     per_rater: int = Field(20, ge=1, description="votes asked of each rater")
 
 
+class CheckpointSpec(StrictModel):
+    """A model trained elsewhere (a released MaPO UNet such as ``mapo-t2i/mapo-beta``, a colleague's LoRA, another
+    run's fine-tune), sampled and scored on the test prompts beside the pipeline's own runs. It is one fixed
+    model, so its intervals carry prompts and sampling seeds only; it takes no part in tuning or selection."""
+
+    unet: str | None = Field(None, description="a denoiser (UNet or transformer) folder or hub id swapped into the "
+                                                "pipeline's model, e.g. a UNet-only repository as MaPO's releases are")
+    lora: str | None = Field(None, description="a LoRA folder loaded into the pipeline's model")
+    model: str | None = Field(None, description="a whole pipeline (hub id or folder) in place of the pipeline's model")
+    datasets: list[str] | None = Field(None, description="the datasets it is scored against (default: every one)")
+    source: str = Field("", description="where it comes from (a model card, a paper), for the reader")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> CheckpointSpec:
+        if self.unet is None and self.lora is None and self.model is None:
+            raise ValueError("a checkpoint names its weights: unet (folder or hub id), lora (folder) or model")
+        if self.unet is not None and self.lora is not None:
+            raise ValueError("a checkpoint gives either unet or lora, not both")
+        return self
+
+    def sample_keys(self) -> dict[str, str]:
+        """The sample-stage keys that load it (``model`` replaces the pipeline's model)."""
+        return {key: value for key, value in (("model", self.model), ("unet", self.unet), ("lora", self.lora))
+                if value is not None}
+
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_labels(name: str, dataset: DatasetSpec) -> tuple[str, str]:
+    """(sample label, scores label) of checkpoint ``name`` on ``dataset``: one sample folder on the shared
+    prompts, scored once per dataset, or its own sample folder on a dataset with its own prompts."""
+    scored = f"{CHECKPOINTS_DIR}/{name}/{dataset.name}"
+    return (f"{CHECKPOINTS_DIR}/{name}" if dataset.prompts is None else scored), scored
+
+
 class PipelineSpec(StrictModel):
     """`mapo-bench run SPEC.yaml`: datasets x methods x seeds -> report."""
 
@@ -204,6 +242,12 @@ class PipelineSpec(StrictModel):
                                       "job kind (train: {gpus: 4}) overrides the defaults")
     rating: RatingSpec = Field(default_factory=RatingSpec, description="defaults of the rating page")
     published: PublishedSpec | None = None
+    checkpoints: dict[FolderName, CheckpointSpec] = Field(
+        default_factory=dict, description="name -> a model trained elsewhere, scored beside the runs on test prompts")
+
+    def checkpoints_for(self, dataset: str) -> list[str]:
+        """The checkpoints scored against ``dataset``, in pipeline order."""
+        return [name for name, c in self.checkpoints.items() if c.datasets is None or dataset in c.datasets]
 
     def prompt_files(self) -> list[tuple[str, str]]:
         """(where named, source) of every prompt source that is a file path (not builtin:, toy:, hf://)."""
@@ -240,4 +284,10 @@ class PipelineSpec(StrictModel):
         unknown = sorted(set(self.matched) - set(self.methods))
         if unknown:
             raise ValueError(f"matched names methods the pipeline does not train: {', '.join(unknown)}")
+        for name, checkpoint in self.checkpoints.items():
+            if name in self.methods or name in ("base", "target"):
+                raise ValueError(f"checkpoint {name!r}: the name is taken by a method or the base / target; rename it")
+            missing = sorted(set(checkpoint.datasets or []) - set(names))
+            if missing:
+                raise ValueError(f"checkpoint {name!r}: datasets {', '.join(missing)} are not datasets of this pipeline")
         return self

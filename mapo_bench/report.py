@@ -286,7 +286,7 @@ def render_csv(results: dict[str, Any]) -> str:
     return pd.DataFrame(results["rows"]).to_csv(index=False)
 
 
-PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base")
+PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base", "mapo vs dreambooth", "dreambooth vs base")
 
 
 def plot_severity(results: dict[str, Any], path: Path) -> Path:

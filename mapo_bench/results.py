@@ -20,7 +20,7 @@ import numpy as np
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import package_versions, read_json
-from mapo_bench.pipeline import DatasetSpec, point_name
+from mapo_bench.pipeline import DatasetSpec, checkpoint_labels, point_name
 
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
@@ -97,6 +97,8 @@ def dataset_models(runner: Any, d: Any, selection: dict[str, Any], split: str) -
     fixed = {"base": read_scores(runner.scores_dir(f"base/{d.name}", split))}
     if runner.target_prefix(d) is not None:
         fixed["target"] = read_scores(runner.scores_dir(f"target/{d.name}", split))
+    for name in spec.checkpoints_for(d.name):  # models trained elsewhere: fixed, like the base
+        fixed[name] = read_scores(runner.scores_dir(checkpoint_labels(name, d)[1], split))
     views: dict[str, dict[str, Any]] = {"tuned": dict(fixed)}
     for method in spec.methods:
         cell = selection["cells"][d.name][method]
@@ -130,7 +132,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     spec, selection = load_run(run_dir)
     runner = Runner(spec, run_dir)
     ev = spec.eval
-    methods = list(spec.methods)
+    methods = list(spec.methods) + list(spec.checkpoints)
+    fixed = {"base", "target", *spec.checkpoints}  # one model in every view: its means and comparisons once
     # The bootstrap's resampling axes, shared by every comparison of a dataset (and by the levels of a trend,
     # which share their prompts); a dataset with its own prompts has its own prompt axis.
     labels_of = {d.name: {"seed_labels": np.array(sorted(spec.seeds)),
@@ -145,13 +148,13 @@ def build_results(run_dir: Path) -> dict[str, Any]:
             for view, models in dataset_models(runner, d, selection, split).items():
                 if split == "test":
                     for label, frame in models.items():
-                        if label in ("base", "target") and view != "tuned":
+                        if label in fixed and view != "tuned":
                             continue
                         for metric in sorted(set(frame["metric"])):
                             means.append({"dataset": d.name, "view": view, "model": label, "metric": metric,
                                           **mean_row(frame, metric, labels, ev)})
                 for a, b in comparisons_of(models, methods):
-                    if view != "tuned" and a == "target":
+                    if view != "tuned" and a in fixed:
                         continue
                     shared = sorted(set(models[a]["metric"]) & set(models[b]["metric"]))
                     for metric in [m for m in ev.metrics if m in shared]:
@@ -314,4 +317,7 @@ def selected_models(results: dict[str, Any], dataset: str) -> list[tuple[str, st
     for method, cell in results["selection"]["cells"][dataset].items():
         if cell["status"] != "failed":
             models.append((method, f"{dataset}/{method}/{point_name(cell['grid'])}-s{seed}"))
+    for name, checkpoint in results["config"].get("checkpoints", {}).items():
+        if checkpoint.get("datasets") is None or dataset in checkpoint["datasets"]:
+            models.append((name, checkpoint_labels(name, spec)[0]))
     return models

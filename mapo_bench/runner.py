@@ -30,7 +30,7 @@ from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
-from mapo_bench.pipeline import DatasetSpec, PipelineSpec, point_name
+from mapo_bench.pipeline import DatasetSpec, PipelineSpec, checkpoint_labels, point_name
 from mapo_bench.registry import BACKENDS, METHODS
 from mapo_bench.selection import recheck_jobs, select_settings
 
@@ -157,8 +157,9 @@ class Runner:
         return Job(f"sample:{label}:{split}", "sample", config, self.samples_dir(label, split), deps,
                    {**meta, "split": split, "label": label})
 
-    def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
-        scored = scores_label(label, d.name)
+    def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any],
+                  scored: str | None = None) -> Job:
+        scored = scored or scores_label(label, d.name)
         context = score_context(d, self.spec.backend)
         config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
                   "images": [str(sample.out)], "out": str(self.scores_dir(scored, split))}
@@ -220,6 +221,20 @@ class Runner:
             jobs += [target, self._eval_job(d, f"target/{d.name}", split, target, {"method": "target"})]
         return jobs
 
+    def checkpoint_jobs(self, split: str) -> list[Job]:
+        """Each checkpoint (a model trained elsewhere) sampled like the base and scored against its datasets."""
+        jobs: list[Job] = []
+        for name, checkpoint in self.spec.checkpoints.items():
+            samples: dict[str, Job] = {}
+            for d in (d for d in self.spec.datasets if name in self.spec.checkpoints_for(d.name)):
+                label, scored = checkpoint_labels(name, d)
+                meta = {"method": "checkpoint", "checkpoint": name}
+                if label not in samples:
+                    samples[label] = self._sample_job(label, split, [], checkpoint.sample_keys(), meta, d)
+                    jobs.append(samples[label])
+                jobs.append(self._eval_job(d, label, split, samples[label], meta, scored))
+        return jobs
+
     def phase1(self) -> list[Job]:
         jobs: list[Job] = []
         for d in self.spec.datasets:
@@ -252,7 +267,7 @@ class Runner:
         robustness sampler when the spec has one). Failed cells get no jobs."""
         jobs: list[Job] = []
         for split in self.test_splits():
-            jobs += self.base_jobs(split)
+            jobs += self.base_jobs(split) + self.checkpoint_jobs(split)
         for d in self.spec.datasets:
             for method in self.spec.methods:
                 views = [self.spec.matched[method]] if method in self.spec.matched else []

@@ -45,6 +45,40 @@ def test_toy_mismatch_plan_has_the_protocol():
     assert min(spec.methods["dpo"].grid["dpo.beta"]) < 1000
 
 
+@pytest.mark.parametrize("checkpoints, message", [
+    ({"mapo": {"unet": "mapo-t2i/mapo-beta"}}, "taken by a method"),
+    ({"base": {"unet": "mapo-t2i/mapo-beta"}}, "taken by a method or the base"),
+    ({"released": {"unet": "mapo-t2i/mapo-beta", "datasets": ["cartoon", "nope"]}}, "datasets nope are not datasets"),
+    ({"released": {"source": "a model card"}}, "names its weights"),
+    ({"released": {"unet": "a/b", "lora": "lora-folder"}}, "either unet or lora"),
+    ({"re/leased": {"unet": "a/b"}}, "is not a folder name"),
+])
+def test_a_checkpoint_spec_is_checked(tmp_path, checkpoints, message):
+    spec = tiny_spec(tmp_path / "base", tmp_path / "train.yaml")
+    spec["checkpoints"] = checkpoints
+    with pytest.raises(ValueError, match=message):
+        PipelineSpec.model_validate(spec)
+
+
+def test_a_released_dataset_of_a_built_task_is_used_as_it_is(tmp_path):
+    """A released Pick-Style set given by ``path`` (a local copy or hub id) is not built: the mismatch and training
+    stages read the path, and its build keys only name the task, so it is scored with the task's context."""
+    (tmp_path / "train.yaml").write_text("max_steps: 2\n")
+    spec = tiny_spec(tmp_path / "base", tmp_path / "train.yaml")
+    spec["datasets"][0].update(path="data/pick-style-cartoon", build={"split": "cartoon"})
+    runner = Runner(PipelineSpec.model_validate(spec), tmp_path / "run")
+    jobs = {job.id: job for job in runner.phase1()}
+    assert "build:cartoon" not in jobs and "build:safety" in jobs
+    assert jobs["mismatch:cartoon"].config["dataset"] == "data/pick-style-cartoon" and not jobs["mismatch:cartoon"].deps
+    trains = [job for job in jobs.values() if job.verb == "train" and job.meta["dataset"] == "cartoon"]
+    assert trains and all(job.config["dataset"] == "data/pick-style-cartoon" and not job.deps for job in trains)
+    assert jobs["eval:base/cartoon:validation"].config["target_style"] == "cartoon"
+    given = tiny_spec(tmp_path / "base", tmp_path / "train.yaml")
+    given["datasets"][0] = {"name": "votes", "task": "pick-a-pic", "path": "data/pickapic_v2", "build": {"split": "x"}}
+    with pytest.raises(ValueError, match="task pick-a-pic is used as it is: no build keys"):
+        PipelineSpec.model_validate(given)
+
+
 def test_point_name_by_hand():
     assert point_name({}) == "default"
     assert point_name({"optim.lr": 3.0e-5, "dpo.beta": 1000}) == "dpo.beta1000_optim.lr3e-05"  # keys sorted
@@ -104,15 +138,15 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tiny_runs, capsys):
     assert {"matched view", "second sampler"} <= set(results["trend"]["chosen"]["secondary"])
     for name in ("table.md", "table.csv", "severity_vs_effect.png", "grid_cartoon.png"):
         assert (report / name).is_file(), name
-    # grid: a header strip naming the columns (base, target + 2 methods), then 32 px tiles x 3 per prompt
+    # grid: a header strip naming the columns (base, target, 2 methods, the checkpoint), then 32 px tiles x 3 per prompt
     from PIL import Image
 
     from mapo_bench.report import GRID_HEADER_PX
 
     legend = json.loads((report / "grid_cartoon.json").read_text())
-    assert legend["columns"] == ["base", "target", "mapo", "dpo"]
+    assert legend["columns"] == ["base", "target", "mapo", "dpo", "released"]
     with Image.open(report / "grid_cartoon.png") as grid:
-        assert grid.size == (4 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
+        assert grid.size == (5 * 96, GRID_HEADER_PX + 96 * len(legend["rows"]))
     selection = json.loads((run / "selection.json").read_text())
     assert len(selection["cells"]["cartoon"]["mapo"]["rows"]) == 2
     # tuning on two seeds: each selected setting was scored on both (worst-seed gate) on validation prompts
@@ -133,6 +167,36 @@ def test_tiny_toy_pipeline_end_to_end_and_resume(tiny_runs, capsys):
     out = capsys.readouterr().out
     assert f"{len(phase1)} jobs in phase 1 ({len(phase1)} done)" in out
     assert all(f"  {job.id} (done)" in out for job in phase1)
+
+
+def test_a_checkpoint_is_scored_beside_the_runs(tiny_runs):
+    """The tiny pipeline's checkpoint is the base's own UNet loaded through ``unet:``: sampled once per split on
+    the shared prompts, scored on the two datasets it names only, its scores equal to the base's (so every
+    comparison with it equals the same comparison with the base), and a fixed model in every view."""
+    spec, (run, _) = tiny_runs
+    jobs = Runner(spec, run).checkpoint_jobs("test")
+    assert [j.id for j in jobs] == ["sample:checkpoints/released:test", "eval:checkpoints/released/cartoon:test",
+                                    "eval:checkpoints/released/safety:test"]
+    assert jobs[0].config["unet"] == spec.checkpoints["released"].unet
+    results = json.loads((run / "report" / "results.json").read_text())
+    rows = {(r["split"], r["view"], r["dataset"], r["comparison"], r["metric"]): r for r in results["rows"]}
+    mine = [key for key in rows if "released" in key[3]]
+    assert {key[2] for key in mine} == {"cartoon", "safety"}
+    assert {key[3] for key in mine if key[1] == "matched"} == {"mapo vs released", "dpo vs released"}
+    for key in mine:
+        split, view, dataset, comparison, metric = key
+        if comparison == "released vs base":
+            assert view == "tuned" and rows[key]["mean_gap"] == 0.0 and rows[key]["gap_ci_high"] == 0.0
+        elif comparison == "released vs target":
+            assert rows[key]["mean_gap"] == -rows[(split, view, dataset, "target vs base", metric)]["mean_gap"]
+        else:
+            twin = rows[(split, view, dataset, comparison.replace("released", "base"), metric)]
+            assert {k: v for k, v in rows[key].items() if k != "comparison"} == \
+                {k: v for k, v in twin.items() if k != "comparison"}
+    means = {(m["dataset"], m["view"], m["model"], m["metric"]): m["mean"] for m in results["mean_scores"]}
+    released = {k: v for k, v in means.items() if k[2] == "released"}
+    assert released and {k[1] for k in released} == {"tuned"}
+    assert all(v == means[(k[0], k[1], "base", k[3])] for k, v in released.items())
 
 
 def test_a_finished_job_whose_files_changed_is_run_again(tmp_path, tiny_toy):

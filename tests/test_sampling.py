@@ -128,6 +128,32 @@ def test_sdxl_sample(tiny_sdxl, prompt_file, tmp_path):
     assert len(index) == 2 and all((out / f).is_file() for f in index["file"])
 
 
+def test_a_released_unet_loads_by_hub_id(tiny_sdxl, prompt_file, tmp_path, monkeypatch):
+    """MaPO's releases (``mapo-t2i/mapo-beta``, ...) are UNet-only repositories: ``unet=<hub id>`` resolves like
+    every model id (here a copy under ``$MAPO_BENCH_MODEL_ROOT``) and draws what the same UNet as a local folder
+    draws; offline without a copy it is one line naming the id and where to put it."""
+    import shutil
+
+    from mapo_bench.models import MODEL_ROOT_VAR
+    from mapo_bench.testing import build_tiny_sdxl
+
+    other = build_tiny_sdxl(tmp_path / "other", seed=1)
+    root = tmp_path / "hub"
+    shutil.copytree(other / "unet", root / "mapo-t2i" / "mapo-beta")  # config.json and weights at the top
+    local = sample(_cfg(tiny_sdxl, prompt_file, tmp_path / "local", backend="sdxl", seeds=[0], num_prompts=1,
+                        unet=str(other / "unet")))
+    with pytest.raises(MapoBenchError, match=rf"'mapo-t2i/mapo-beta' is not available .*{MODEL_ROOT_VAR}"):
+        sample(_cfg(tiny_sdxl, prompt_file, tmp_path / "missing", backend="sdxl", seeds=[0], num_prompts=1,
+                    unet="mapo-t2i/mapo-beta"))
+    monkeypatch.setenv(MODEL_ROOT_VAR, str(root))
+    released = sample(_cfg(tiny_sdxl, prompt_file, tmp_path / "released", backend="sdxl", seeds=[0], num_prompts=1,
+                           unet="mapo-t2i/mapo-beta"))
+    base = sample(_cfg(tiny_sdxl, prompt_file, tmp_path / "base", backend="sdxl", seeds=[0], num_prompts=1))
+    file = pd.read_parquet(local / INDEX)["file"][0]
+    assert (released / file).read_bytes() == (local / file).read_bytes() != (base / file).read_bytes()
+    assert pd.read_parquet(released / INDEX)["model"][0] == "mapo-beta"
+
+
 def test_sample_config_validation():
     with pytest.raises(ValueError, match="at least one seed"):
         SampleConfig(seeds=[])

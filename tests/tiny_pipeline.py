@@ -31,7 +31,8 @@ def tiny_spec(base: Path, train_recipe: Path) -> dict:
 
 def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
     """The tiny pipeline with every protocol feature: a dataset carrying another's selection, the matched
-    view, a second sampler for the robustness check, and tuning on two training seeds."""
+    view, a second sampler for the robustness check, tuning on two training seeds, and a checkpoint trained
+    elsewhere scored beside the runs on two of the three datasets."""
     spec = tiny_spec(base, recipe)
     spec["datasets"].insert(1, {"name": "cartoon-half", "task": "pick-style", "tune_from": "cartoon",
                                 "build": {"split": "cartoon", "severity": 0.5, "num_prompts": 4,
@@ -39,6 +40,9 @@ def full_tiny_spec(base: Path, recipe: Path) -> PipelineSpec:
     spec["matched"] = {"mapo": {"optim.lr": 1e-4}, "dpo": {}}
     spec["eval"]["robustness_sampler"] = {"steps": 3, "guidance": 1.0}
     spec["eval"].update({"tuning_seeds": 2, "tuning_finalists": 1})
+    # a model trained elsewhere, scored beside the runs: the base's own UNet, so its scores must equal the base's
+    spec["checkpoints"] = {"released": {"unet": str(Path(base) / "unet"), "datasets": ["cartoon", "safety"],
+                                        "source": "the tiny base's UNet"}}
     return PipelineSpec.model_validate(spec)
 
 

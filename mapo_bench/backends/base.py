@@ -173,16 +173,22 @@ class Backend(ABC):
         denoiser.save_pretrained(folder)
 
     def load_denoiser(self, folder: str) -> torch.nn.Module:
-        """A fine-tuned denoiser saved by ``save_denoiser`` (``folder`` or ``folder/<denoiser_name>``)."""
+        """A fine-tuned denoiser saved by ``save_denoiser`` (``folder`` or ``folder/<denoiser_name>``), or a
+        hub id of a denoiser-only repository (MaPO's released UNets, ``mapo-t2i/mapo-beta``), resolved like
+        every model id (a local copy, ``$MAPO_BENCH_MODEL_ROOT/<id>``, the hub; offline: one line)."""
         from pathlib import Path
 
         from mapo_bench.dtypes import dtype_kwargs
         from mapo_bench.errors import MapoBenchError
+        from mapo_bench.models import HUB_ID, NON_PYTORCH_WEIGHTS, resolve_model
 
-        path = Path(folder)
+        path = Path(folder).expanduser()
         name = self.denoiser_name
+        if not path.exists() and HUB_ID.fullmatch(folder):  # owner/name, not a folder here: a hub repository
+            path = resolve_model(folder, ignore_patterns=NON_PYTORCH_WEIGHTS)
         if not path.is_dir():
-            raise MapoBenchError(f"{name}: {path} is not a folder; pass the {name} folder written by `mapo-bench train`")
+            raise MapoBenchError(f"{name}: {path} is not a folder; pass the {name} folder written by `mapo-bench train` "
+                                 "or a hub id")
         subfolder = name if (path / name / "config.json").is_file() else None
         if not (path / (subfolder or "") / "config.json").is_file():
             raise MapoBenchError(f"{name}: {path} holds no config.json (a diffusers {name} folder is expected)")

@@ -12,11 +12,7 @@ from mapo_bench.backends.base import Backend, Conditioning
 from mapo_bench.config import SamplerConfig
 from mapo_bench.dtypes import dtype_kwargs, resolve_dtype
 from mapo_bench.errors import MapoBenchError
-from mapo_bench.models import resolve_model, resolve_pipeline
-
-# Hub repos of SD models also carry Flax, TF, ONNX, OpenVINO and single-file checkpoints: skip them.
-NON_PYTORCH_WEIGHTS = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*openvino*", "*.ckpt",
-                       "*.fp16.safetensors", "*.fp16.bin"]
+from mapo_bench.models import NON_PYTORCH_WEIGHTS, resolve_model, resolve_pipeline
 
 
 class SD15Backend(Backend):

@@ -23,7 +23,7 @@ class SampleConfig(StrictModel):
     model: str | None = None  # hub id or local path; None = the backend's default model
     backend: str = "sdxl"  # a registered backend (checked against the registry)
     backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the backend's load (e.g. sd3: {text_encoder_3: null}; flux: {guidance: 3.5}; flow families: weighting_scheme, loss_weighting)")
-    unet: Path | None = None  # fine-tuned denoiser folder (UNet or transformer) swapped into the pipeline
+    unet: str | None = None  # fine-tuned denoiser (UNet or transformer) folder, or a hub id of a denoiser-only repository, swapped into the pipeline
     lora: Path | None = None  # LoRA folder loaded with pipe.load_lora_weights
     prompts: str = "builtin:test"  # a source for mapo_bench.data.prompts (builtin:test, toy:test, files, hf://)
     num_prompts: int | None = Field(default=None, ge=1)  # None = every prompt of the source
@@ -44,6 +44,11 @@ class SampleConfig(StrictModel):
         from mapo_bench.registry import BACKENDS
 
         return BACKENDS.check(value)
+
+    @field_validator("unet", mode="before")
+    @classmethod
+    def _unet_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value  # a folder as a Path, or a hub id
 
     @field_validator("seeds")
     @classmethod
