@@ -94,7 +94,7 @@ EVALUATORS.add("clip", "mapo_bench.evaluators.clip_score:ClipScore", "CLIP score
 EVALUATORS.add("style", "mapo_bench.evaluators.style:StyleAdherence", "CLIP zero-shot target-style probability")
 EVALUATORS.add("clip-i", "mapo_bench.evaluators.subject:ClipImageSimilarity", "subject fidelity: mean CLIP image cosine to the subject images")
 EVALUATORS.add("dino", "mapo_bench.evaluators.subject:DinoSimilarity", "subject fidelity: mean DINO ViT-S/16 cosine to the subject images")
-EVALUATORS.add("toy-subject", "mapo_bench.evaluators.subject:ToySubjectSimilarity", "toy: subject / concept texture, the high-frequency ring contrast at the subject images' peaks")
+EVALUATORS.add("toy-subject", "mapo_bench.evaluators.subject:ToySubjectSimilarity", "toy: subject / concept texture on the object (found from its caption), the high-frequency ring contrast at the subject images' peaks")
 EVALUATORS.add("nsfw", "mapo_bench.evaluators.nsfw:NSFWScore", "SD safety checker continuous score")
 EVALUATORS.add("toy-style", "mapo_bench.evaluators.toy:ToyStyle", "toy: probability of the target style")
 EVALUATORS.add("toy-content", "mapo_bench.evaluators.toy:ToyContent", "toy: probability of right shape, colour, position")

@@ -43,15 +43,16 @@ def mean_cosine_to_references(embeds: torch.Tensor, references: torch.Tensor) ->
     return (a @ b.T).mean(dim=1)
 
 
-def load_subject(folder: str | Path | None, metric: str) -> tuple[list[Any], str]:
-    """The RGB subject images of ``folder`` and a digest of their pixels (for the metric version)."""
+def load_subject(folder: str | Path | None, metric: str, require_prompts: bool = False
+                 ) -> tuple[list[Any], str, list[str | None]]:
+    """The RGB subject images of ``folder``, a digest of their pixels (for the metric version) and their captions."""
     from mapo_bench.data.imagefolder import folder_digest, read_image_folder
 
     if folder is None:
         raise MapoBenchError(f"metric {metric!r} needs the subject's images: set its option subject_images=DIR "
                              f"(eval: options: {{{metric}: {{subject_images: DIR}}}})")
-    records = read_image_folder(folder, min_images=1).images
-    return [record.image for record in records], folder_digest(records)[:16]
+    records = read_image_folder(folder, min_images=1, require_prompts=require_prompts).images
+    return [record.image for record in records], folder_digest(records)[:16], [record.prompt for record in records]
 
 
 class SubjectSimilarity(Evaluator):
@@ -84,7 +85,7 @@ class ClipImageSimilarity(ClipBackboneEvaluator, SubjectSimilarity):
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
              subject_images: str | Path | None = None, **options: Any) -> ClipImageSimilarity:
         no_options(cls.name, options)
-        subject, digest = load_subject(subject_images, cls.name)
+        subject, digest, _ = load_subject(subject_images, cls.name)
         return cls(clip_backbone(model or cls.default_model, device, dtype, None), subject, digest)
 
     def embeds(self, images: list[Any]) -> torch.Tensor:
@@ -109,7 +110,7 @@ class DinoSimilarity(SubjectSimilarity):
         from mapo_bench.dtypes import resolve_dtype
 
         no_options(cls.name, options)
-        subject, digest = load_subject(subject_images, cls.name)
+        subject, digest, _ = load_subject(subject_images, cls.name)
         model_id = model or DINO_VITS16
         path = resolve_folder(model_id, CONFIG_FILES + DINO_PROCESSOR_FILES, either=WEIGHT_FILES)
         torch_device = resolve_device(str(device) if device is not None else None)
@@ -138,13 +139,18 @@ def frequency_radius(height: int, width: int) -> np.ndarray:
     return np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
 
 
-def highpass_power(images: np.ndarray) -> np.ndarray:
+def highpass_power(images: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """``(N, H, W, 3)`` uint8 images -> ``(N, H, W)`` power spectra of their grey level (mean of the
     channels, in [0, 1]) with every frequency below ``LOW_FREQUENCY_RADIUS`` cycles per image set to 0.
-    The power spectrum does not depend on where a texture sits, so it reads a pattern wherever the object
-    is drawn."""
+    ``weights`` ``(N, H, W)`` in [0, 1] (None: every pixel 1) window the grey level, less its weighted mean,
+    before the transform, so only the weighted region's texture counts. The power spectrum does not depend on
+    where a texture sits, so it reads a pattern wherever in the window the object is drawn."""
     grey = np.asarray(images, dtype=np.float64).mean(axis=-1) / 255.0
-    power = np.abs(np.fft.fft2(grey - grey.mean(axis=(1, 2), keepdims=True))) ** 2
+    if weights is None:
+        weights = np.ones_like(grey)
+    total = np.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-12)
+    windowed = (grey - (grey * weights).sum(axis=(1, 2), keepdims=True) / total) * weights
+    power = np.abs(np.fft.fft2(windowed)) ** 2
     return power * (frequency_radius(*grey.shape[1:]) >= LOW_FREQUENCY_RADIUS)
 
 
@@ -179,32 +185,48 @@ def as_array(images: list[Any]) -> np.ndarray:
 
 class ToySubjectSimilarity(Evaluator):
     """``toy-subject``: the toy analogue of ``dino`` / ``clip-i`` for the toy world's subject and concepts,
-    whose identity is a texture (``toy.vocab.PATTERNS``). A fixed rule, no learned embedding: the ring
-    contrast (:func:`ring_contrast`) of a sample at the high-frequency bins where the subject images hold the
-    most power, divided by the subject images' mean contrast there. 1 for the subject's own renders, about 0
-    for untextured objects and for noise; numbers measured on renders and samples in docs/datasets.md."""
+    whose identity is a texture on the object (``toy.vocab.PATTERNS``). A fixed rule, no learned embedding: each
+    image's object is found from its caption (``toy.locate``: the renderer's geometry fitted to the pixels) and
+    only its inside is read; the score is the ring contrast (:func:`ring_contrast`) of that window at the
+    high-frequency bins where the subject images hold the most power, divided by the subject images' mean
+    contrast there. 1 for the subject's own renders, about 0 for untextured objects, for noise and for the
+    subject's texture drawn on the background; numbers measured on renders and samples in docs/datasets.md."""
 
     name: ClassVar[str] = "toy-subject"
     reads_subject: ClassVar[bool] = True
 
-    def __init__(self, subject: list[Any], digest: str) -> None:
-        power = highpass_power(as_array(subject))
+    def __init__(self, subject: list[Any], subject_prompts: list[str], digest: str) -> None:
+        power = object_power(as_array(subject), subject_prompts)
         if not power.any():
             raise MapoBenchError("toy-subject: the subject images hold no high-frequency texture to compare with")
         self.bins = subject_peaks(power)
         self.reference = float(ring_contrast(power, self.bins).mean())
         if self.reference <= 0:
             raise MapoBenchError("toy-subject: the subject images hold no high-frequency texture to compare with")
-        self.version = f"contrast-{LOW_FREQUENCY_RADIUS}-{PEAK_BINS}:{digest}"
+        self.version = f"object-contrast-{LOW_FREQUENCY_RADIUS}-{PEAK_BINS}:{digest}"
 
     @classmethod
     def load(cls, device: str = "cpu", dtype: str = "float32", model: str | None = None,
              subject_images: str | Path | None = None, **options: Any) -> ToySubjectSimilarity:
         no_options(cls.name, options)
-        subject, digest = load_subject(subject_images, cls.name)
-        return cls(subject, digest)
+        subject, digest, prompts = load_subject(subject_images, cls.name, require_prompts=True)
+        return cls(subject, [str(p) for p in prompts], digest)
 
     def score(self, images: list[Any], prompts: list[str], context: ScoreContext | None = None) -> np.ndarray:
         if not images:
             return np.zeros(0)
-        return ring_contrast(highpass_power(as_array(images)), self.bins) / self.reference
+        return ring_contrast(object_power(as_array(images), prompts), self.bins) / self.reference
+
+
+def object_power(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """:func:`highpass_power` of each image windowed to its caption's object (:func:`toy.locate.object_weights`);
+    a caption the toy grammar cannot read is a one-line error naming it."""
+    from mapo_bench.toy.locate import object_weights
+
+    if len(prompts) != len(images):
+        raise MapoBenchError(f"toy-subject: {len(images)} images but {len(prompts)} captions")
+    try:
+        weights = object_weights(images, prompts)
+    except ValueError as exc:
+        raise MapoBenchError(f"toy-subject reads toy captions to find the object: {exc}") from None
+    return highpass_power(images, weights)

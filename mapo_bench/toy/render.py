@@ -73,11 +73,18 @@ def scene_rng(plain: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+# Where an object sits: centre x by position, centre y, "radius" by size, each jittered uniformly by +- its jitter.
+CENTRE_X = {"left": 9.5, "right": 22.5}
+CENTRE_Y = 16.0
+RADIUS = {"small": 4.5, "large": 7.0}
+JITTER_X, JITTER_Y, JITTER_RADIUS = 2.0, 4.0, 0.5
+
+
 def make_scene(caption: ToyCaption, seed: int) -> Scene:
     rng = scene_rng(caption.plain, seed)
-    cx = (9.5 if caption.position == "left" else 22.5) + rng.uniform(-2.0, 2.0)
-    cy = 16.0 + rng.uniform(-4.0, 4.0)
-    radius = (4.5 if caption.size == "small" else 7.0) + rng.uniform(-0.5, 0.5)
+    cx = CENTRE_X[caption.position] + rng.uniform(-JITTER_X, JITTER_X)
+    cy = CENTRE_Y + rng.uniform(-JITTER_Y, JITTER_Y)
+    radius = RADIUS[caption.size] + rng.uniform(-JITTER_RADIUS, JITTER_RADIUS)
     tint = tuple(float(v) for v in rng.uniform(-0.08, 0.08, size=3))
     noise = rng.standard_normal((SIZE, SIZE, 3))
     return Scene(cx, cy, radius, tint, noise)  # type: ignore[arg-type]
