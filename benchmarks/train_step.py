@@ -1,4 +1,4 @@
-"""MaPO vs Diffusion-DPO training-step cost: time, peak memory and where they go, on the same batch and model.
+"""MaPO vs Diffusion-DPO (and SFT) training-step cost: time, peak memory and where they go, on the same batch and model.
 
 Each configuration (method x full/LoRA x cache on/off, and the cost levers with --levers) runs in a fresh
 process, and all configurations run in ``rounds`` interleaved rounds, so a slow patch of a shared machine hits
@@ -10,7 +10,8 @@ data, denoiser forward, reference forward, backward, optimizer (clip + step), ot
 max RSS (CPU, /proc VmHWM) or the CUDA allocator's peak, minus the baseline; it is split into the reference
 copy, gradients, optimizer states (counted from the tensors) and the rest (activations, allocator slack).
 Printed: median step time with its min-max, the breakdown, memory, the MaPO/DPO ratios beside their analytic
-floors, and the published ratios (SDXL: time 0.855, memory 0.825).
+floors, and the published ratios (SDXL: time 0.855, memory 0.825); SFT (the chosen image alone) beside them as
+the floor of any paired method.
 
     python benchmarks/train_step.py                      # tiny SDXL on the CPU (built in a temp dir)
     python benchmarks/train_step.py --backend sd3        # tiny SD3 (or flux, sd15) on the CPU
@@ -246,10 +247,13 @@ def lever_applies(lever: str, method: str, lora: bool) -> bool:
     return not (lever == "bf16 reference" and (lora or method != "dpo"))
 
 
+PLAIN_METHODS = ("mapo", "dpo", "sft")  # SFT: the chosen image alone, the cost floor of any paired method
+
+
 def configurations(args: argparse.Namespace) -> list[dict]:
     """(name, method, lora, cache, overrides) of every child, plain rows first."""
     rows = [{"lever": None, "method": method, "lora": mode == "lora", "cache": cache, "overrides": {}}
-            for mode in args.modes for cache in args.cache for method in ("mapo", "dpo")]
+            for mode in args.modes for cache in args.cache for method in PLAIN_METHODS]
     for lever in args.levers or []:
         for mode in args.modes:
             for method in ("mapo", "dpo"):
@@ -470,6 +474,14 @@ def report(args: argparse.Namespace, results: dict, max_batch: dict | None) -> N
             row = ratio_row(m, d, lora)
             table.append(row)
             print(f"{'lora' if lora else 'full':5s} {'on' if cache else 'off':5s} | {row['line']}")
+    for lora in (False, True):
+        for cache in (True, False):
+            if ("sft", lora, cache) in plain:
+                m, f = plain[("mapo", lora, cache)], plain[("sft", lora, cache)]
+                fm, fl, fh = summarize(f["times"])
+                print(f"{'lora' if lora else 'full':5s} {'on' if cache else 'off':5s} | SFT {fm:.4f} ({fl:.4f}-{fh:.4f}) s/step, "
+                      f"{mb(training_memory(f))} MB; MaPO / SFT time {summarize(m['times'])[0] / fm:.3f}, memory "
+                      f"{training_memory(m) / training_memory(f):.3f}")
     print("floors: time 0.75 (analytic) / from this run's DPO phases; memory of the training state "
           "(weights + reference + gradients + optimizer states + activations) analytic 0.80 full fp32 AdamW, 1.0 LoRA")
     print("published (SDXL, full UNet, 8 x H100, max batch): time ratio 0.855, memory ratio 0.825; issue 17's goal at "

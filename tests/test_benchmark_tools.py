@@ -73,12 +73,13 @@ def test_other_errors_are_not_taken_for_out_of_memory():
 
 def test_lever_rows_beside_the_plain_ones():
     """--levers all on full + LoRA: the bf16 reference only for full DPO; every other lever for both methods
-    and modes; plain rows first."""
+    and modes; plain rows first (MaPO, DPO and SFT in each mode)."""
     args = argparse.Namespace(modes=["full", "lora"], cache=[True], levers=["bf16 reference", "fused adamw"])
     rows = train_step.configurations(args)
-    assert [(r["lever"], r["method"], r["lora"]) for r in rows[:4]] == [
-        (None, "mapo", False), (None, "dpo", False), (None, "mapo", True), (None, "dpo", True)]
-    levered = [(r["lever"], r["method"], r["lora"]) for r in rows[4:]]
+    assert [(r["lever"], r["method"], r["lora"]) for r in rows[:6]] == [
+        (None, "mapo", False), (None, "dpo", False), (None, "sft", False), (None, "mapo", True), (None, "dpo", True),
+        (None, "sft", True)]
+    levered = [(r["lever"], r["method"], r["lora"]) for r in rows[6:]]
     assert levered == [("bf16 reference", "dpo", False), ("fused adamw", "mapo", False), ("fused adamw", "dpo", False),
                        ("fused adamw", "mapo", True), ("fused adamw", "dpo", True)]
     merged = train_step.merge({"optim": {"name": "adamw", "lr": 1e-6}}, train_step.LEVERS["fused adamw"])
