@@ -112,8 +112,8 @@ def dataset_models(runner: Any, d: Any, selection: dict[str, Any], split: str) -
 
 
 def comparisons_of(models: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
-    """Each method against the base and the target, and each pair of methods (MaPO first, then DPO, then
-    the rest in pipeline order, whatever order the pipeline lists them in); the target against the base."""
+    """Each method (or checkpoint) against the base and the target, and each pair of them (MaPO first, then DPO,
+    then the rest in pipeline order, whatever order the pipeline lists them in); the target against the base."""
     present = sorted((m for m in methods if m in models), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER),
                                                                          methods.index(m)))
     pairs = [(m, "base") for m in present]
@@ -132,7 +132,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     spec, selection = load_run(run_dir)
     runner = Runner(spec, run_dir)
     ev = spec.eval
-    methods = list(spec.methods) + list(spec.checkpoints)
+    compared = list(spec.methods) + list(spec.checkpoints)  # the trained methods, then the models trained elsewhere
     fixed = {"base", "target", *spec.checkpoints}  # one model in every view: its means and comparisons once
     # The bootstrap's resampling axes, shared by every comparison of a dataset (and by the levels of a trend,
     # which share their prompts); a dataset with its own prompts has its own prompt axis.
@@ -153,7 +153,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                         for metric in sorted(set(frame["metric"])):
                             means.append({"dataset": d.name, "view": view, "model": label, "metric": metric,
                                           **mean_row(frame, metric, labels, ev)})
-                for a, b in comparisons_of(models, methods):
+                for a, b in comparisons_of(models, compared):
                     if view != "tuned" and a in fixed:
                         continue
                     shared = sorted(set(models[a]["metric"]) & set(models[b]["metric"]))
