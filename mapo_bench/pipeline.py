@@ -204,6 +204,10 @@ class CheckpointSpec(StrictModel):
             raise ValueError("a checkpoint gives either unet or lora, not both")
         return self
 
+    def scores(self, dataset: str) -> bool:
+        """Whether it is scored against ``dataset`` (every dataset unless ``datasets`` names some)."""
+        return self.datasets is None or dataset in self.datasets
+
     def sample_keys(self) -> dict[str, str]:
         """The sample-stage keys that load it (``model`` replaces the pipeline's model)."""
         return {key: value for key, value in (("model", self.model), ("unet", self.unet), ("lora", self.lora))
@@ -213,11 +217,10 @@ class CheckpointSpec(StrictModel):
 CHECKPOINTS_DIR = "checkpoints"
 
 
-def checkpoint_labels(name: str, dataset: DatasetSpec) -> tuple[str, str]:
-    """(sample label, scores label) of checkpoint ``name`` on ``dataset``: one sample folder on the shared
-    prompts, scored once per dataset, or its own sample folder on a dataset with its own prompts."""
-    scored = f"{CHECKPOINTS_DIR}/{name}/{dataset.name}"
-    return (f"{CHECKPOINTS_DIR}/{name}" if dataset.prompts is None else scored), scored
+def checkpoint_label(name: str, dataset: DatasetSpec) -> str:
+    """The run label of checkpoint ``name``'s samples for ``dataset``: one folder on the shared prompts (scored
+    once per dataset, ``runner.scores_label``), or its own on a dataset with its own prompts."""
+    return f"{CHECKPOINTS_DIR}/{name}" if dataset.prompts is None else f"{CHECKPOINTS_DIR}/{name}/{dataset.name}"
 
 
 class PipelineSpec(StrictModel):
@@ -247,7 +250,7 @@ class PipelineSpec(StrictModel):
 
     def checkpoints_for(self, dataset: str) -> list[str]:
         """The checkpoints scored against ``dataset``, in pipeline order."""
-        return [name for name, c in self.checkpoints.items() if c.datasets is None or dataset in c.datasets]
+        return [name for name, c in self.checkpoints.items() if c.scores(dataset)]
 
     def prompt_files(self) -> list[tuple[str, str]]:
         """(where named, source) of every prompt source that is a file path (not builtin:, toy:, hf://)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import package_versions, read_json
-from mapo_bench.pipeline import DatasetSpec, checkpoint_labels, point_name
+from mapo_bench.pipeline import CheckpointSpec, DatasetSpec, checkpoint_label, point_name
 
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
@@ -90,7 +90,9 @@ def mean_row(frame: Any, metric: str, labels: dict[str, Any], ev: Any) -> dict[s
 
 
 def dataset_models(runner: Any, d: Any, selection: dict[str, Any], split: str) -> dict[str, dict[str, Any]]:
-    """Per view, the score frames of every model on dataset ``d`` (``base`` and ``target`` in each view)."""
+    """Per view, the score frames of every model on dataset ``d`` (``base``, ``target`` and the checkpoints in
+    each view)."""
+    from mapo_bench.runner import scores_label
     from mapo_bench.stats import read_scores
 
     spec = runner.spec
@@ -98,7 +100,7 @@ def dataset_models(runner: Any, d: Any, selection: dict[str, Any], split: str) -
     if runner.target_prefix(d) is not None:
         fixed["target"] = read_scores(runner.scores_dir(f"target/{d.name}", split))
     for name in spec.checkpoints_for(d.name):  # models trained elsewhere: fixed, like the base
-        fixed[name] = read_scores(runner.scores_dir(checkpoint_labels(name, d)[1], split))
+        fixed[name] = read_scores(runner.scores_dir(scores_label(checkpoint_label(name, d), d.name), split))
     views: dict[str, dict[str, Any]] = {"tuned": dict(fixed)}
     for method in spec.methods:
         cell = selection["cells"][d.name][method]
@@ -318,6 +320,6 @@ def selected_models(results: dict[str, Any], dataset: str) -> list[tuple[str, st
         if cell["status"] != "failed":
             models.append((method, f"{dataset}/{method}/{point_name(cell['grid'])}-s{seed}"))
     for name, checkpoint in results["config"].get("checkpoints", {}).items():
-        if checkpoint.get("datasets") is None or dataset in checkpoint["datasets"]:
-            models.append((name, checkpoint_labels(name, spec)[0]))
+        if CheckpointSpec.model_validate(checkpoint).scores(dataset):
+            models.append((name, checkpoint_label(name, spec)))
     return models

@@ -30,7 +30,7 @@ from mapo_bench.config import config_hash, set_path
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import hold_lock
 from mapo_bench.launch import distributed_rank, wait_for_everyone
-from mapo_bench.pipeline import DatasetSpec, PipelineSpec, checkpoint_labels, point_name
+from mapo_bench.pipeline import CHECKPOINTS_DIR, DatasetSpec, PipelineSpec, checkpoint_label, point_name
 from mapo_bench.registry import BACKENDS, METHODS
 from mapo_bench.selection import recheck_jobs, select_settings
 
@@ -157,9 +157,8 @@ class Runner:
         return Job(f"sample:{label}:{split}", "sample", config, self.samples_dir(label, split), deps,
                    {**meta, "split": split, "label": label})
 
-    def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any],
-                  scored: str | None = None) -> Job:
-        scored = scored or scores_label(label, d.name)
+    def _eval_job(self, d: DatasetSpec, label: str, split: str, sample: Job, meta: dict[str, Any]) -> Job:
+        scored = scores_label(label, d.name)
         context = score_context(d, self.spec.backend)
         config = {**self.spec.eval.eval, **context, "metrics": metrics_for(self.spec.eval.metrics, context),
                   "images": [str(sample.out)], "out": str(self.scores_dir(scored, split))}
@@ -226,13 +225,13 @@ class Runner:
         jobs: list[Job] = []
         for name, checkpoint in self.spec.checkpoints.items():
             samples: dict[str, Job] = {}
-            for d in (d for d in self.spec.datasets if name in self.spec.checkpoints_for(d.name)):
-                label, scored = checkpoint_labels(name, d)
+            for d in (d for d in self.spec.datasets if checkpoint.scores(d.name)):
+                label = checkpoint_label(name, d)
                 meta = {"method": "checkpoint", "checkpoint": name}
                 if label not in samples:
                     samples[label] = self._sample_job(label, split, [], checkpoint.sample_keys(), meta, d)
                     jobs.append(samples[label])
-                jobs.append(self._eval_job(d, label, split, samples[label], meta, scored))
+                jobs.append(self._eval_job(d, label, split, samples[label], meta))
         return jobs
 
     def phase1(self) -> list[Job]:
@@ -433,9 +432,14 @@ def run_job(verb: str, config_path: str) -> float:
 
 
 def scores_label(label: str, dataset: str) -> str:
-    """Where the run scores a sample folder: the base once per dataset (each task's scoring context), whether
-    it was sampled on the shared prompts (``base``) or on the dataset's own (``<dataset>/base``)."""
-    return f"base/{dataset}" if label in ("base", f"{dataset}/base") else label
+    """Where the run scores a sample folder: the base and each checkpoint once per dataset (each task's scoring
+    context), whether sampled on the shared prompts (``base``, ``checkpoints/<name>``) or on the dataset's own
+    (``<dataset>/base``, ``checkpoints/<name>/<dataset>``, already per dataset)."""
+    if label in ("base", f"{dataset}/base"):
+        return f"base/{dataset}"
+    if label.startswith(f"{CHECKPOINTS_DIR}/") and label.count("/") == 1:
+        return f"{label}/{dataset}"
+    return label
 
 
 STYLE_METRICS = ("style", "toy-style")

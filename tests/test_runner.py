@@ -178,6 +178,11 @@ def test_a_checkpoint_is_scored_beside_the_runs(tiny_runs):
     assert [j.id for j in jobs] == ["sample:checkpoints/released:test", "eval:checkpoints/released/cartoon:test",
                                     "eval:checkpoints/released/safety:test"]
     assert jobs[0].config["unet"] == spec.checkpoints["released"].unet
+    assert jobs[1].out == run / "scores" / "checkpoints" / "released" / "cartoon" / "test"
+    from mapo_bench.report_html import _image_scores
+
+    # the report page's gallery finds the same scores by the sample label (scores_label, one rule for both)
+    assert len(_image_scores(run, "checkpoints/released", "cartoon", "test")) == 3  # 3 prompts x 1 seed
     results = json.loads((run / "report" / "results.json").read_text())
     rows = {(r["split"], r["view"], r["dataset"], r["comparison"], r["metric"]): r for r in results["rows"]}
     mine = [key for key in rows if "released" in key[3]]
