@@ -563,10 +563,30 @@ def disk_full_line(path: str | None) -> str:
             "kept as done: free space and run the same command again to resume")
 
 
+class Termination:
+    """The SIGTERM handler (``kill``, ``scancel``, a scheduler's time limit): the run stops as on Ctrl-C,
+    so its pool workers are stopped rather than left writing on (exit code 143 instead of 130)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.seen else 130
+
+
 def main() -> None:
     """Console entry point: one line and a non-zero exit code for user errors, no stack trace."""
+    import signal
+
     from mapo_bench.errors import MapoBenchError
 
+    termination = Termination()
+    previous = signal.signal(signal.SIGTERM, termination)
     try:
         app()
     except MapoBenchError as exc:
@@ -574,7 +594,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
-        sys.exit(130)
+        sys.exit(termination.exit_code)
     except OSError as exc:
         import errno
 
@@ -585,5 +605,8 @@ def main() -> None:
     except SystemExit as exc:  # typer turns Ctrl-C inside a command into a silent exit 130
         if exc.code == 130:
             typer.echo(INTERRUPTED, err=True)
+            sys.exit(termination.exit_code)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 

@@ -47,7 +47,8 @@ class LocalPool:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=end_with_driver,
+                                        initargs=(os.getpid(),))
 
     def submit(self, job_id: str, verb: str, config_path: str) -> Future:
         from mapo_bench.runner import run_pipeline_job
@@ -68,6 +69,26 @@ class LocalPool:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+DRIVER_POLL_S = 1.0  # how often a pool worker checks that the driver is still alive
+
+
+def end_with_driver(driver_pid: int) -> None:
+    """Pool initializer: the worker ends within a second of the driver's death (SIGKILL, OOM killer).
+
+    Without it a worker runs its job on, orphaned, and writes into the run folder while the resumed run
+    (or a user's ``rm -rf``) works there. Ending mid-job loses nothing finished: stages are crash-safe.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(DRIVER_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mapo-bench-driver-watch", daemon=True).start()
 
 
 class RayExecutor:

@@ -129,3 +129,59 @@ def test_a_ray_worker_killed_mid_job_is_retried_and_the_run_matches(tiny_run_ref
     assert once.is_file(), "no worker was killed"
     assert result.returncode == 0, result.stderr[-2000:]
     assert comparable_results(out) == comparable_results(reference)
+
+
+def _pool_workers(driver) -> list:
+    return [p for p in driver.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_the_pool_workers_end_with_the_driver(tmp_path, signal_name):
+    """A `mapo-bench run --workers 2` driver stopped by SIGTERM (kill, scancel) or SIGKILL (OOM killer): no
+    pool worker runs on, orphaned, writing into the run folder a resumed run works in. SIGTERM stops the
+    run as Ctrl-C does (exit 143, the one-line message); after SIGKILL each worker sees its driver gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    from tiny_pipeline import write_tiny_pipeline
+
+    _, pipeline = write_tiny_pipeline(tmp_path)
+    env = {**os.environ, "MAPO_BENCH_QUIET": "1", "MAPO_BENCH_THREADS": "1"}
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: an orphaned worker would hold a pipe open
+    with open(log, "w") as stderr_file:
+        run = subprocess.Popen([sys.executable, "-m", "mapo_bench", "run", str(pipeline), "--workers", "2",
+                                "--out", str(tmp_path / "run")], env=env, stderr=stderr_file, start_new_session=True)
+    driver = psutil.Process(run.pid)
+    deadline = time.monotonic() + 120
+    while len(workers := _pool_workers(driver)) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2, "the pool's two workers never started"
+    run.send_signal(getattr(signal, signal_name))
+    run.wait(timeout=60)
+    stderr = log.read_text()
+    deadline = time.monotonic() + 30
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert not any(_running(w) for w in workers), f"pool workers outlived the driver's {signal_name}"
+    finally:
+        for worker in workers:
+            if _running(worker):
+                worker.kill()
+    if signal_name == "SIGTERM":
+        assert run.returncode == 143, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1].startswith("interrupted; outputs written so far are complete")
+    else:
+        assert run.returncode == -9
