@@ -78,11 +78,20 @@ def test_toy_flow_backend_noise_process(flow_base):
 
 
 def test_toy_flow_generates_seeded_images(flow_base):
+    """An image is a function of its (prompt, seed), not of its batch: drawn beside another prompt and alone
+    it agrees up to rounding (batched kernels may round one grey level differently on some CPUs: seen on an
+    AMD EPYC, 1 value of 3,072), and another seed gives another image."""
+    import numpy as np
+
     backend = load_backend("toy-flow", str(flow_base))
     sampler = SamplerConfig(steps=3, guidance=2.0)
     a = backend.generate(["a red circle", "a blue square"], [5, 6], sampler)
-    b = backend.generate(["a blue square"], [6], sampler)
-    assert a[0].size == (32, 32) and list(a[1].getdata()) == list(b[0].getdata())
+    alone, other_seed = (np.asarray(backend.generate(["a blue square"], [seed], sampler)[0], dtype=int)
+                         for seed in (6, 7))
+    beside = np.asarray(a[1], dtype=int)
+    assert a[0].size == (32, 32)
+    assert np.abs(beside - alone).max() <= 1 and (beside == alone).mean() > 0.99
+    assert np.abs(other_seed - alone).mean() > 5
 
 
 def test_a_base_given_to_the_other_toy_backend_is_one_line(flow_base, v_base):
