@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,6 @@ def end_with_driver(driver_pid: int) -> None:
     Without it a worker runs its job on, orphaned, and writes into the run folder while the resumed run
     (or a user's ``rm -rf``) works there. Ending mid-job loses nothing finished: stages are crash-safe.
     """
-    import threading
-    import time
 
     def watch() -> None:
         while os.getppid() == driver_pid:
