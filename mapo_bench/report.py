@@ -291,8 +291,8 @@ PLOTTED = ("mapo vs dpo", "mapo vs base", "dpo vs base", "sft vs base", "mapo vs
 
 def plot_severity(results: dict[str, Any], path: Path) -> Path:
     """severity_vs_effect.png: x = the primary severity measure of the prefixed side (95% CI as x error
-    bars, each point labelled with its dataset), y = mean preference advantage with 95% CI; one panel for
-    chosen-side mismatch (Pick-Style-like), one for rejected-side (Pick-Safety-like)."""
+    bars, each point labelled with its dataset), y = mean preference advantage with 95% CI; one panel per
+    side the run has: chosen-side mismatch (Pick-Style-like), rejected-side (Pick-Safety-like)."""
     import io
 
     import matplotlib
@@ -301,11 +301,17 @@ def plot_severity(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, side, title in ((axes[0], "chosen", "chosen-side mismatch (Pick-Style-like)"),
-                            (axes[1], "rejected", "rejected-side mismatch (Pick-Safety-like)")):
-        rows = [r for r in results["rows"] if r["prefixed_side"] == side and r["role"] == "preference"
+    def plotted_rows(side: str) -> list[dict[str, Any]]:
+        return [r for r in results["rows"] if r["prefixed_side"] == side and r["role"] == "preference"
                 and r["severity_x"] is not None and r["split"] == "test" and r["view"] == "tuned"]
+
+    panels = [(side, title) for side, title in (("chosen", "chosen-side mismatch (Pick-Style-like)"),
+                                                 ("rejected", "rejected-side mismatch (Pick-Safety-like)"))
+              if plotted_rows(side)]
+    panels = panels or [("chosen", "chosen-side mismatch (Pick-Style-like)")]  # one panel says why it is empty
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+    for ax, (side, title) in zip(axes[0], panels, strict=True):
+        rows = plotted_rows(side)
         plotted = [c for c in PLOTTED if any(r["comparison"] == c for r in rows)]
         for comparison in plotted:
             points = sorted((r for r in rows if r["comparison"] == comparison), key=lambda r: r["severity_x"])

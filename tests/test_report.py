@@ -152,6 +152,26 @@ def test_report_effects_trend_and_tables(tmp_path):
     assert results["base"] == {} and "toy base" not in table.lower()  # no dataset manifest: no gate line
 
 
+def test_the_severity_plot_draws_one_panel_per_side_the_run_has(tmp_path):
+    """A run with chosen-side datasets only (a personalization run) gets one 6-inch panel (720 px at 120
+    dpi), not an empty rejected-side panel beside it; a run with both sides gets two (1440 px)."""
+    from PIL import Image
+
+    from mapo_bench.report import plot_severity
+
+    def row(dataset, side):
+        return {"dataset": dataset, "prefixed_side": side, "role": "preference", "severity_x": 0.1, "split": "test",
+                "view": "tuned", "comparison": "mapo vs dpo", "advantage": 0.2, "advantage_ci_low": 0.1,
+                "advantage_ci_high": 0.3}
+
+    severity = {d: {"severity_ci_low": 0.05, "severity_ci_high": 0.15, "severity_measure": "kid"} for d in ("a", "b")}
+    chosen_only = {"pipeline": "p", "rows": [row("a", "chosen")], "severity": severity, "trend": {}}
+    both = {**chosen_only, "rows": [row("a", "chosen"), row("b", "rejected")]}
+    width_one = Image.open(plot_severity(chosen_only, tmp_path / "one.png")).size[0]
+    width_two = Image.open(plot_severity(both, tmp_path / "two.png")).size[0]
+    assert (width_one, width_two) == (720, 1440)
+
+
 def test_report_says_when_the_toy_base_is_ungated(tmp_path):
     run = make_run(tmp_path)
     record = {"backend": "toy", "model_id": "my-base", "gate": "ungated", "gate_status": "ungated",
