@@ -168,9 +168,11 @@ class Backend(ABC):
         return moved
 
     # -- output ---------------------------------------------------------------------------------
-    def save_denoiser(self, denoiser: torch.nn.Module, folder: str) -> None:
-        """Save a fully fine-tuned denoiser so this family's pipeline loads it (diffusers layout)."""
-        denoiser.save_pretrained(folder)
+    def save_denoiser(self, denoiser: torch.nn.Module, folder: str,
+                      state: dict[str, torch.Tensor] | None = None) -> None:
+        """Save a fully fine-tuned denoiser so this family's pipeline loads it (diffusers layout); ``state``:
+        its whole weights when the module itself holds a shard (``training.gather``)."""
+        save_diffusers_model(denoiser, folder, state)
 
     def load_denoiser(self, folder: str) -> torch.nn.Module:
         """A fine-tuned denoiser saved by ``save_denoiser`` (``folder`` or ``folder/<denoiser_name>``), or a
@@ -195,15 +197,16 @@ class Backend(ABC):
         module = type(self.denoiser).from_pretrained(str(path), subfolder=subfolder, **dtype_kwargs(self.dtype))
         return module.to(self.device)
 
-    def save_lora(self, denoiser: torch.nn.Module, folder: str) -> Any:
+    def save_lora(self, denoiser: torch.nn.Module, folder: str, state: dict[str, torch.Tensor] | None = None) -> Any:
         """Save the denoiser's peft LoRA as ``pytorch_lora_weights.safetensors`` in the layout the family's
-        pipeline ``load_lora_weights`` reads (its ``save_lora_weights`` with ``lora_layers_argument``)."""
+        pipeline ``load_lora_weights`` reads (its ``save_lora_weights`` with ``lora_layers_argument``);
+        ``state``: the whole LoRA tensors when the module itself holds a shard."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         from mapo_bench.errors import MapoBenchError
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, state_dict=state))
         pipeline_cls = type(self.pipeline)
         if not hasattr(pipeline_cls, "save_lora_weights"):
             raise MapoBenchError(f"backend {self.name!r}: its pipeline {pipeline_cls.__name__} cannot save LoRA "
@@ -227,3 +230,16 @@ def concat_conditioning(first: Conditioning, second: Conditioning) -> Conditioni
 def repeat_conditioning(cond: Conditioning, times: int) -> Conditioning:
     """Stack conditioning ``times`` over the batch dim: the chosen and rejected halves share a caption."""
     return {k: torch.cat([v] * times, dim=0) for k, v in cond.items()}
+
+
+def save_diffusers_model(model: torch.nn.Module, folder: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    """``model.save_pretrained(folder)``, or with ``state`` its config and those tensors in the same layout
+    (``diffusion_pytorch_model.safetensors``, sharded above 10 GB with diffusers' index file)."""
+    if state is None:
+        model.save_pretrained(folder)
+        return
+    from huggingface_hub import save_torch_state_dict
+
+    model.save_config(folder)
+    save_torch_state_dict(state, folder, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                          max_shard_size="10GB")

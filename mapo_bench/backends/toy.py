@@ -151,12 +151,8 @@ class ToyBackend(Backend):
         return unet_forward(unet, noisy, timesteps, conditioning)
 
     # -- output ---------------------------------------------------------------------------------
-    def save_denoiser(self, denoiser: torch.nn.Module, folder: str) -> None:
-        """diffusers layout; load back with ``--model <folder>`` or ``ToyPipeline.from_pretrained(base, unet=folder)``."""
-        denoiser.save_pretrained(folder)
-
-    def save_lora(self, denoiser: torch.nn.Module, folder: str) -> Path:
+    def save_lora(self, denoiser: torch.nn.Module, folder: str, state: dict[str, torch.Tensor] | None = None) -> Path:
         """peft LoRA weights as ``pytorch_lora_weights.safetensors``; load back with ``lora=``."""
         from mapo_bench.toy.model import save_lora
 
-        return save_lora(denoiser, folder)
+        return save_lora(denoiser, folder, state)

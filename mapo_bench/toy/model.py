@@ -418,14 +418,15 @@ def lora_file(path: str | Path) -> Path:
     return path
 
 
-def save_lora(unet: Any, folder: str | Path) -> Path:
-    """Save the UNet's peft LoRA weights as ``pytorch_lora_weights.safetensors`` (keys ``unet.<peft key>``)."""
+def save_lora(unet: Any, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the UNet's peft LoRA weights as ``pytorch_lora_weights.safetensors`` (keys ``unet.<peft key>``);
+    ``state``: whole tensors to take them from (default: the UNet's own)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+    state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet, state_dict=state).items()}
     save_file(state, str(folder / LORA_FILES[0]))
     return folder / LORA_FILES[0]
 

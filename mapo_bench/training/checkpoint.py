@@ -67,22 +67,19 @@ def latest_intact_checkpoint(work: Path, say: Any = print) -> Path | None:
     return None
 
 
-def trainable_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (all of them for a full fine-tune, the LoRA matrices otherwise)."""
-    return {name: p.detach().cpu().contiguous() for name, p in denoiser.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(work: Path, step: int, *, denoiser: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    generator_states: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep_last``."""
+def save_checkpoint(work: Path, step: int, *, trainable: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+                    scheduler_state: dict[str, Any], generator_states: dict[str, torch.Tensor], state: dict[str, Any],
+                    keep_last: int) -> Path:
+    """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep_last``. The tensors are
+    whole (``training.gather``), so a checkpoint does not depend on how the run was sharded."""
     from safetensors.torch import save_file
 
     from mapo_bench.integrity import file_records
 
     final = Path(work) / CHECKPOINTS / checkpoint_name(step)
     with atomic_dir(final, overwrite=True) as tmp:
-        save_file(trainable_state(denoiser), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state}, tmp / "optimizer.pt")
         faults.point("train:inside-checkpoint", final)
         save_file({name: s.contiguous() for name, s in generator_states.items()}, str(tmp / "generators.safetensors"))
         files = file_records(tmp, [tmp / name for name in CHECKPOINT_FILES])

@@ -249,6 +249,7 @@ class Trainer:
         if cfg.compile_denoiser:
             denoiser.compile()  # in place: the state dict keeps its keys, so checkpoints load as without it
         denoiser.train()
+        self.trainable = {name for name, p in denoiser.named_parameters() if p.requires_grad}
         self.model_dtype = next(p for p in denoiser.parameters() if not p.requires_grad or not cfg.lora.enabled).dtype
         self.denoiser = denoiser
 
@@ -400,21 +401,26 @@ class Trainer:
         from accelerate.utils import gather_object
 
         from mapo_bench.training.checkpoint import save_checkpoint
+        from mapo_bench.training.gather import full_optimizer_state, full_trainable_state
 
         states = gather_object([self.generator.get_state()]) if self.world > 1 else [self.generator.get_state()]
+        trainable = full_trainable_state(self.model, self.trainable)  # collectives under FSDP: every process
+        optimizer_state = full_optimizer_state(self.model, self.optimizer)
         path = None
         if self.accelerator.is_main_process:
             path = save_checkpoint(
-                work, self.step, denoiser=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
-                scheduler=self.scheduler, generator_states={f"step.rank{r}": s for r, s in enumerate(states)},
+                work, self.step, trainable=trainable, optimizer_state=optimizer_state,
+                scheduler_state=self.scheduler.state_dict(),
+                generator_states={f"step.rank{r}": s for r, s in enumerate(states)},
                 state={**self.order.state(), "world": self.world, "result_hash": result_hash(self.cfg),
                        **({"prior": self.prior_order.state()} if self.prior_order is not None else {})},
                 keep_last=self.cfg.keep_last)
         self.accelerator.wait_for_everyone()
         return path
 
-    def restore(self, path: Path) -> None:
-        """Load weights, optimizer, scheduler, generators and data position (before ``prepare``)."""
+    def restore(self, path: Path) -> dict[str, Any]:
+        """Load weights, generators and data position (before ``prepare``); returns the optimizer and
+        scheduler states, which ``restore_optimizer`` loads after ``prepare`` (FSDP shards them there)."""
         from mapo_bench.training.checkpoint import load_checkpoint, restore_trainable
         from mapo_bench.training.data import EpochOrder
 
@@ -428,8 +434,6 @@ class Trainer:
             raise MapoBenchError(f"{path}: checkpoint was made with {state.get('world')} processes, now {self.world}; "
                                  "resume with the same number of processes")
         restore_trainable(self.denoiser, ckpt["trainable"], path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         self.generator.set_state(ckpt["generators"][f"step.rank{self.rank}"])
         self.order = EpochOrder(len(self.selection), self.cfg.batch_size * self.world, self.cfg.seed,
                                 state["epoch"], state["position"])
@@ -437,6 +441,13 @@ class Trainer:
             self.prior_order = EpochOrder(len(self.prior_selection), self.cfg.batch_size * self.world,
                                           self.cfg.seed + 1, state["prior"]["epoch"], state["prior"]["position"])
         self.step = int(state["step"])
+        return {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]}
+
+    def restore_optimizer(self, states: dict[str, Any]) -> None:
+        from mapo_bench.training.gather import load_optimizer_state
+
+        load_optimizer_state(self.model, self.optimizer, states["optimizer"])
+        self.scheduler.load_state_dict(states["scheduler"])
 
     def _resume_point(self, work: Path) -> Path | None:
         from mapo_bench.training.checkpoint import (
@@ -475,10 +486,11 @@ class Trainer:
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        if resume_from is not None:
-            self.restore(resume_from)
-            _console_print(f"resuming from {resume_from} (step {self.step})", acc)
+        optimizer_states = self.restore(resume_from) if resume_from is not None else None
         self.prepare()
+        if optimizer_states is not None:
+            self.restore_optimizer(optimizer_states)
+            _console_print(f"resuming from {resume_from} (step {self.step})", acc)
         log_path = work / LOG_FILE
         if acc.is_main_process:
             _truncate_log(log_path, self.step)
@@ -502,9 +514,10 @@ class Trainer:
                     faults.point("train:after-checkpoint")
         if acc.log_with:
             acc.end_training()
+        exported = self.exported_state()  # a collective under FSDP: every process
         if acc.is_main_process:
             with watch.time("export"), atomic_dir(out, overwrite=True, written_by="manifest.json") as tmp:
-                self.export(tmp)
+                self.export(tmp, exported)
                 shutil.copy2(log_path, tmp / LOG_FILE)
                 from mapo_bench.config import dump_yaml
 
@@ -523,14 +536,21 @@ class Trainer:
         acc.wait_for_everyone()
         return out
 
-    def export(self, folder: Path) -> None:
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        """Whole tensors to export: the trainable LoRA matrices, or every weight and buffer of a full fine-tune."""
+        from mapo_bench.training.gather import full_model_state, full_trainable_state
+
+        return full_trainable_state(self.model, self.trainable) if self.cfg.lora.enabled else full_model_state(self.model)
+
+    def export(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
         """The LoRA (the family's ``load_lora_weights`` layout) or the full denoiser (``<folder>/unet`` or
-        ``<folder>/transformer``)."""
+        ``<folder>/transformer``), written from ``state`` (``exported_state``), not from the module's own
+        parameters, which under FSDP are this process's shard."""
         denoiser = self.accelerator.unwrap_model(self.model)
         if self.cfg.lora.enabled:
-            self.backend.save_lora(denoiser, str(folder))
+            self.backend.save_lora(denoiser, str(folder), state)
         else:
-            self.backend.save_denoiser(denoiser, str(folder / self.backend.denoiser_name))
+            self.backend.save_denoiser(denoiser, str(folder / self.backend.denoiser_name), state)
 
     def _show_progress(self) -> bool:
         from mapo_bench.progress import quiet
