@@ -76,6 +76,7 @@ def test_a_denoiser_export_is_written_from_the_given_state(tmp_path):
     assert torch.equal(loaded.proj.weight, whole["proj.weight"]) and torch.equal(loaded.proj.bias, whole["proj.bias"])
 
 
+@pytest.mark.slow  # aborted once (SIGABRT in rank 0, FSDP1) beside the full suite under xdist; passes alone
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_fsdp_shards_are_gathered_whole(tmp_path, version):
     """Two processes shard a model (FSDP1 with flat parameters, FSDP2 with DTensors), each holding part of

@@ -233,13 +233,11 @@ def repeat_conditioning(cond: Conditioning, times: int) -> Conditioning:
 
 
 def save_diffusers_model(model: torch.nn.Module, folder: str, state: dict[str, torch.Tensor] | None = None) -> None:
-    """``model.save_pretrained(folder)``, or with ``state`` its config and those tensors in the same layout
-    (``diffusion_pytorch_model.safetensors``, sharded above 10 GB with diffusers' index file)."""
-    if state is None:
-        model.save_pretrained(folder)
-        return
+    """What ``model.save_pretrained(folder)`` writes, its config and weights (``diffusion_pytorch_model
+    .safetensors``, sharded above 10 GB with diffusers' index file), the weights taken from ``state`` when
+    given (whole tensors of a sharded model), else from the model: one writer for both."""
     from huggingface_hub import save_torch_state_dict
 
     model.save_config(folder)
-    save_torch_state_dict(state, folder, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
-                          max_shard_size="10GB")
+    save_torch_state_dict(model.state_dict() if state is None else state, folder,
+                          filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size="10GB")

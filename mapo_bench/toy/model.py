@@ -426,8 +426,8 @@ def save_lora(unet: Any, folder: str | Path, state: dict[str, torch.Tensor] | No
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet, state_dict=state).items()}
-    save_file(state, str(folder / LORA_FILES[0]))
+    layers = get_peft_model_state_dict(unet, state_dict=state)
+    save_file({f"unet.{k}": v.detach().contiguous().cpu() for k, v in layers.items()}, str(folder / LORA_FILES[0]))
     return folder / LORA_FILES[0]
 
 

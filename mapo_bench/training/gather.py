@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 
-
 def _full(model: torch.nn.Module, **extra: Any) -> Any:
     """Whole tensors, offloaded to the CPU (rank 0 only) when the model is on an accelerator. On the CPU the
     offload is no copy, and FSDP1 then gathers every optimizer state of a parameter into one reused buffer
@@ -43,12 +42,14 @@ def full_trainable_state(model: torch.nn.Module, trainable: set[str]) -> dict[st
     frozen weights are skipped before they are gathered (a LoRA run never copies its base model)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    skip_frozen = not _fsdp1(model)  # FSDP1's flat parameters mixing frozen and trainable tensors make torch's
+    # FSDP1's flat parameters mix frozen and trainable tensors, and ignore_frozen_params then raises KeyError
+    skip_frozen = not _fsdp1(model)
     state = get_model_state_dict(model, options=_full(model, ignore_frozen_params=skip_frozen))
-    return {name: t.detach().cpu().contiguous() for name, t in state.items() if name in trainable}  # ^ KeyError
+    return {name: t.detach().cpu().contiguous() for name, t in state.items() if name in trainable}
 
 
 def _fsdp1(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is (or holds) a torch FSDP1 wrapper; FSDP2 shards in place and has none."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return any(isinstance(module, FullyShardedDataParallel) for module in model.modules())
