@@ -16,6 +16,8 @@ from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.results import UNADJUSTED_NOTE, build_results
 from mapo_bench.trend import standing_phrase, standing_text
 
+DISPLAY = {"mapo": "MaPO", "dpo": "DPO", "sft": "SFT"}
+CLOSENESS_COLUMN = "mapo vs dpo: closer to the data"
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
 VERDICT_TEXT = {"grows": "**grows**", "shrinks": "**shrinks**", "no evidence either way": "shows **no evidence either way**",
                 "not testable": "is **not testable**"}
@@ -66,6 +68,7 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"- {head}: slope {fmt_ci(p['slope'], p['slope_ci_low'], p['slope_ci_high'], 2)} metric units per "
                      f"unit of severity (95% bootstrap CI, severity estimates resampled too). Secondary: "
                      + "; ".join(extra) + ".")
+    lines += closeness_lines(results)
     for name, sev in results["severity"].items():
         metric = ev["preference_metric"].get(sev["task"])
         flagged = [r for r in results["mean_scores"] if r["dataset"] == name and r["metric"] == metric
@@ -104,6 +107,30 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def closeness_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tuned-view, test-prompt "mapo vs dpo" preference rows that carry closeness (levels with a target)."""
+    return [r for r in (find_row(results, name, "mapo vs dpo") for name in results["severity"]) if r and "closeness" in r]
+
+
+def closeness_lines(results: dict[str, Any]) -> list[str]:
+    """MaPO's closeness to the data over DPO's per level (closeness.py), and the levels where a clear lead on
+    the preference metric comes with landing clearly farther from the data: an overshoot, named up front."""
+    from mapo_bench.closeness import overshoots
+
+    rows = closeness_rows(results)
+    if not rows:
+        return []
+    short = {"beyond the target": "beyond", "short of the target": "short", "level with the target": "level"}
+    cells = [f"{r['dataset']} {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} "
+             f"(MaPO {short[r['target_side_a']]}, DPO {short[r['target_side_b']]})" for r in rows]
+    over = [(r["dataset"], overshoots(r)) for r in rows if overshoots(r)]
+    warning = ("**" + "; ".join(f"{DISPLAY.get(m, m)}'s lead at {name} is an overshoot" for name, m in over)
+               + "** (ahead on the metric, but farther from the data than the other, beyond the target). ") if over else ""
+    return [f"- Closeness to the data on `{rows[0]['metric']}` (|DPO - target| - |MaPO - target|, positive: MaPO's "
+            f"mean lands nearer the target's, the base prompted with the chosen prefix, i.e. what the data asks for; "
+            f"test prompts, tuned settings, 95% CI): {warning}" + "; ".join(cells) + "."]
+
+
 def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
     """The headline's comparisons (MaPO vs DPO and vs each other method, then each method vs the base) and, per
     dataset, its severity
@@ -114,6 +141,27 @@ def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, d
                    if a in methods and (b in methods or b == "base")]
     return comparisons, [(name, sev, {c: find_row(results, name, c) for c in comparisons})
                          for name, sev in results["severity"].items()]
+
+
+def closeness_table(results: dict[str, Any]) -> list[str]:
+    """Per level: the target's mean, each method's gap to it (where it lands) and MaPO's closeness over DPO."""
+    rows = closeness_rows(results)
+    if not rows:
+        return []
+    lines = ["## Closeness to the data (test prompts, tuned settings)", "",
+             "Gap to the target = the method's mean minus the target's (the base prompted with the chosen prefix: what "
+             "the data asks for) on the preference metric, signed so that positive is beyond it; closeness = "
+             "|DPO gap| - |MaPO gap|, positive: MaPO lands nearer the data. 95% CIs from the same resamples.", "",
+             "| dataset | metric | target mean | MaPO gap to target | DPO gap to target | MaPO closer by |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        gaps = [f"{fmt_ci(r[f'target_gap_{s}'], *r[f'target_gap_{s}_ci'])} ({r[f'target_side_{s}']})" for s in "ab"]
+        target = next((m for m in results["mean_scores"] if (m["dataset"], m["view"], m["model"], m["metric"])
+                       == (r["dataset"], "tuned", "target", r["metric"])), None)
+        mean = fmt_ci(target["mean"], target["ci_low"], target["ci_high"], 3, signed=False) if target else "-"
+        lines.append(f"| {r['dataset']} | {r['metric']} | {mean} | {gaps[0]} | {gaps[1]} "
+                     f"| {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} |")
+    return [*lines, ""]
 
 
 def published_table(results: dict[str, Any]) -> list[str]:
@@ -138,8 +186,10 @@ def published_table(results: dict[str, Any]) -> list[str]:
 def headline_table(results: dict[str, Any]) -> list[str]:
     """Mean preference gaps with 95% CIs (win rates after them), per dataset, tuned view, test prompts."""
     comparisons, rows = headline_rows(results)
-    head = "| dataset | severity x [95% CI] | metric | " + " | ".join(comparisons) + " |"
-    lines = [head, "|" + "---|" * (3 + len(comparisons))]
+    closer = any("closeness" in (cells.get("mapo vs dpo") or {}) for _, _, cells in rows)
+    extra = [CLOSENESS_COLUMN] if closer else []
+    head = "| dataset | severity x [95% CI] | metric | " + " | ".join([*comparisons, *extra]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(comparisons) + len(extra))]
     for name, sev, cells_by in rows:
         x = fmt_ci(sev["severity_x"], sev["severity_ci_low"], sev["severity_ci_high"], 4, signed=False)
         cells, metric = [], ""
@@ -151,6 +201,10 @@ def headline_table(results: dict[str, Any]) -> list[str]:
             metric = row["metric"]
             cells.append(f"{fmt_ci(row['advantage'], row['advantage_ci_low'], row['advantage_ci_high'])} "
                          f"(wins {row['win_rate']:.2f})")
+        if closer:
+            row = cells_by.get("mapo vs dpo") or {}
+            cells.append(fmt_ci(row["closeness"], row["closeness_ci_low"], row["closeness_ci_high"])
+                         if "closeness" in row else "-")
         lines.append(f"| {name} | {x} | {metric} | " + " | ".join(cells) + " |")
     return lines
 
@@ -163,7 +217,7 @@ def render_markdown(results: dict[str, Any]) -> str:
              "## Headline effects (test prompts, tuned settings)", "",
              "Advantage = mean score gap signed so that positive favours the first model (metric units), 95% CI; "
              "win rate after it (ties within the recorded margin count half).", "", *headline_table(results), "",
-             *published_table(results),
+             *closeness_table(results), *published_table(results),
              "## Severity (measured against the reference)", "",
              "| dataset | prefixed side | " + " | ".join(SEVERITY_COLUMNS) + " |", "|---|---|" + "---|" * len(SEVERITY_COLUMNS)]
     for name, sev in results["severity"].items():

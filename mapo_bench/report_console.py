@@ -19,7 +19,8 @@ def failed_methods(results: dict[str, Any], dataset: str) -> list[str]:
 def answer_table(results: dict[str, Any]) -> Any:
     """A rich Table: dataset, severity x [95% CI], the MaPO - DPO mean gap [95% CI] and its win rate; a failed
     cell names the methods that missed the gate, and a run with a matched view (every method at fixed settings,
-    whatever the gate says) gets that view's gap beside it, so a failed tuned cell still shows what happened."""
+    whatever the gate says) gets that view's gap beside it, so a failed tuned cell still shows what happened. Where
+    the levels have a target, MaPO's closeness to the data over DPO's follows the win rate (closeness.py)."""
     from rich.table import Table
 
     comparisons, rows = headline_rows(results)
@@ -27,7 +28,9 @@ def answer_table(results: dict[str, Any]) -> Any:
     table = Table(title=f"{results['pipeline']}: MaPO - Diffusion-DPO mean preference gap by severity\n"
                         "(test prompts, 95% CIs; tuned: each method's selected setting"
                         + ("; matched: the fixed settings, whatever the gate says" if matched else "") + ")")
-    columns = ["dataset", "severity", "tuned", "wins"] + (["matched", "wins"] if matched else [])
+    closer = any("closeness" in (cells.get("mapo vs dpo") or {}) for _, _, cells in rows)
+    columns = (["dataset", "severity", "tuned", "wins"] + (["closer to data"] if closer else [])
+               + (["matched", "wins"] if matched else []))
     for column in columns:  # intervals may wrap at their space on a narrow terminal; names and win rates do not
         table.add_column(column, justify="left" if column == "dataset" else "right",
                          no_wrap=column in ("dataset", "wins"))
@@ -38,6 +41,9 @@ def answer_table(results: dict[str, Any]) -> Any:
             shown = _gap_cells(tuned)
         else:
             shown = [f"failed: {', '.join(m for m in failed_methods(results, name) if m in ('mapo', 'dpo'))} (gate)", "-"]
+        if closer:
+            shown.append(fmt_ci(tuned["closeness"], tuned["closeness_ci_low"], tuned["closeness_ci_high"])
+                         if tuned and "closeness" in tuned else "-")
         if matched:
             shown += _gap_cells(find_row(results, name, "mapo vs dpo", view="matched"))
         table.add_row(name, x, *shown)

@@ -25,6 +25,7 @@ from mapo_bench.pipeline import CheckpointSpec, DatasetSpec, checkpoint_label, p
 SCHEMA_VERSION = 2
 HEADLINE = (("mapo", "dpo"), ("mapo", "base"), ("dpo", "base"))
 ORDER = ("mapo", "dpo", "sft")  # comparison direction: "mapo vs dpo" whatever the pipeline's order
+CLOSENESS_TREND = "closeness to the data"  # the secondary trend of |DPO - target| - |MaPO - target| (closeness.py)
 DIAGNOSTICS = ("reference_error",)  # severity.json entries that describe the images, not their mismatch
 UNADJUSTED_NOTE = ("95% intervals come from a two-way bootstrap over training seeds and prompts (sampling seeds "
                    "nested in prompts); they are not adjusted for multiple comparisons.")
@@ -127,6 +128,7 @@ def comparisons_of(models: dict[str, Any], methods: list[str]) -> list[tuple[str
 
 def build_results(run_dir: Path) -> dict[str, Any]:
     """Collect severity, selection (with its test check), every comparison, mean scores and the trend."""
+    from mapo_bench.closeness import attach_closeness
     from mapo_bench.runner import Runner
     from mapo_bench.stats import BOOTSTRAP_UNIT, compare_frames, read_scores
 
@@ -170,6 +172,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                         rows.append({"split": split, "view": view, "dataset": d.name, "task": d.task,
                                      "prefixed_side": side, "severity_x": x, "comparison": comparison,
                                      "metric": metric, "role": role, **_public(result)})
+    attach_closeness(rows, draws, compared)
     results = {"schema_version": SCHEMA_VERSION, "pipeline": spec.name, "config": spec.model_dump(mode="json"),
                "versions": package_versions(), "base": base_record(run_dir, spec),
                "bootstrap": {"resamples": ev.resamples, "seed": ev.bootstrap_seed, "unit": BOOTSTRAP_UNIT},
@@ -239,7 +242,7 @@ def trends(spec: Any, severity: dict[str, Any], rows: list[dict[str, Any]], draw
         for row in rows:
             key = (split, view, row["dataset"], comparison)
             if (row["split"], row["view"], row["comparison"], row["role"]) != (split, view, comparison, "preference") \
-                    or (row["prefixed_side"], row["metric"]) != (side, metric) or key not in draws:
+                    or (row["prefixed_side"], row["metric"]) != (side, metric) or effect not in draws.get(key, {}):
                 continue
             sev = severity[row["dataset"]]
             m = sev["measures"].get(f"{measure}_{side}") if measure else {"value": sev["severity_x"],
@@ -263,6 +266,8 @@ def trends(spec: Any, severity: dict[str, Any], rows: list[dict[str, Any]], draw
             ("win_rate", levels(side, metric, "mapo vs dpo", "test", "tuned", effect="win_rate"), "win_rate", x_name)]
         for comparison in ("mapo vs base", "dpo vs base", "sft vs base"):
             tests.append((comparison, levels(side, metric, comparison, "test", "tuned"), "advantage", x_name))
+        tests.append((CLOSENESS_TREND, levels(side, metric, "mapo vs dpo", "test", "tuned", effect="closeness"),
+                      "closeness", x_name))
         measures = sorted({k.rsplit("_", 1)[0] for s in severity.values() for k, v in s["measures"].items()
                            if isinstance(v, dict) and "value" in v and k.endswith(f"_{side}")}
                           - {ev.severity_measure, *DIAGNOSTICS})

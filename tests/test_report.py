@@ -301,3 +301,44 @@ def test_lower_reference_passes_a_model_that_does_not_move(tmp_path, monkeypatch
     assert again["cells"]["style-b"]["mapo"]["grid"] == {"optim.lr": 1e-4}
     assert again["cells"]["style-b"]["mapo"]["reference"] == "target"
 
+
+
+def test_closeness_to_the_data_names_a_lead_that_overshoots_the_target(tmp_path, monkeypatch):
+    """Target toy-style 0.58 and every dpo cell eligible (margin 0.5): mapo (lr 1e-4) scores 0.6 / 0.7 / 0.8 at
+    style levels 1-3, dpo 0.5. Gaps to the target: mapo +0.02 / +0.12 / +0.22 (beyond), dpo -0.08 (short);
+    closeness |dpo gap| - |mapo gap| = 0.06 / -0.04 / -0.14, exact (every image scores the same). MaPO leads by
+    0.1 k everywhere, so its lead at style-b and style-c, where it lands farther from the data, is named an
+    overshoot, and style-a's is not. Closeness against x = 0.01 / 0.02 / 0.03: slope (-0.14 - 0.06) / 0.02 = -10,
+    "shrinks". Safety has no target: no closeness."""
+    from rich.console import Console
+
+    from mapo_bench.report_console import print_answer
+
+    original = score
+
+    def near(model, dataset, metric):
+        return 0.58 if (model, metric) == ("target", "toy-style") else original(model, dataset, metric)
+
+    monkeypatch.setattr(sys.modules[__name__], "score", near)
+    out = write_report(make_run(tmp_path, {**SPEC, "eval": {**SPEC["eval"], "fidelity_margin": 0.5}}))
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["dataset"]: r for r in results["rows"] if (r["split"], r["view"], r["comparison"], r["role"])
+            == ("test", "tuned", "mapo vs dpo", "preference")}
+    for name, expected in (("style-a", 0.06), ("style-b", -0.04), ("style-c", -0.14)):
+        assert rows[name]["closeness"] == pytest.approx(expected)
+        assert rows[name]["closeness_ci_low"] == pytest.approx(expected)
+        assert (rows[name]["target_side_a"], rows[name]["target_side_b"]) == ("beyond the target", "short of the target")
+    assert "closeness" not in rows["safety"]
+    trend = results["trend"]["chosen"]["secondary"]["closeness to the data"]
+    assert trend["slope"] == pytest.approx(-10.0) and trend["verdict"] == "shrinks"
+    table = (out / "table.md").read_text()
+    assert "**MaPO's lead at style-b is an overshoot; MaPO's lead at style-c is an overshoot**" in table
+    assert "style-a is an overshoot" not in table
+    assert "## Closeness to the data" in table and "| style-b | toy-style | 0.580 [0.580, 0.580] | +0.120" in table
+    console = Console(record=True, width=200)
+    print_answer(out, console)
+    text = console.export_text()
+    line = next(line for line in text.splitlines() if line.startswith("│ style-c "))
+    assert "closer to data" in text and "-0.140 [-0.140, -0.140]" in line
+    page = (out / "index.html").read_text()
+    assert 'id="closeness"' in page and page.count("(beyond the target)") == 3

@@ -30,6 +30,9 @@ def test_report_page_from_the_file_system(tiny_runs, page):
     for table in TABLES:
         assert page.locator(f"#{table} tbody tr").count() >= 1, table
     assert page.locator("#rows tbody tr").count() == len(results["rows"])
+    from mapo_bench.report import closeness_rows
+
+    assert page.locator("#closeness tbody tr").count() == len(closeness_rows(results))  # the levels with a target
     assert page.locator("#plot").evaluate("img => img.naturalWidth") > 0
     # every gallery image loads and names its prompt, seed and model; a click pins them in the details panel
     images = page.locator(".gallery img")
