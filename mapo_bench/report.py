@@ -13,7 +13,7 @@ import numpy as np
 from mapo_bench import faults
 from mapo_bench.errors import MapoBenchError
 from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
-from mapo_bench.results import UNADJUSTED_NOTE, build_results
+from mapo_bench.results import CLOSENESS_TREND, UNADJUSTED_NOTE, build_results
 from mapo_bench.trend import standing_phrase, standing_text
 
 DISPLAY = {"mapo": "MaPO", "dpo": "DPO", "sft": "SFT"}
@@ -57,7 +57,7 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
             if sec.get(key, {}).get("slope") is not None:
                 extra.append(f"{key} slope {fmt_ci(sec[key]['slope'], sec[key]['slope_ci_low'], sec[key]['slope_ci_high'], 2)}"
                              f" ({sec[key]['verdict']})")
-        for key in ("matched view", "second sampler"):
+        for key in ("matched view", "second sampler", CLOSENESS_TREND):
             if sec.get(key, {}).get("slope") is not None:
                 extra.append(f"{key}: {sec[key]['verdict']}")
         # Another severity measure that gives another verdict: the answer depends on the axis; say so up front.

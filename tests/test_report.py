@@ -332,6 +332,8 @@ def test_closeness_to_the_data_names_a_lead_that_overshoots_the_target(tmp_path,
     trend = results["trend"]["chosen"]["secondary"]["closeness to the data"]
     assert trend["slope"] == pytest.approx(-10.0) and trend["verdict"] == "shrinks"
     table = (out / "table.md").read_text()
+    assert results["trend"]["chosen"]["primary"]["verdict"] == "grows"  # the advantage: 0.1 k against x = 0.01 k
+    assert "closeness to the data: shrinks" in table  # named in the answer beside the primary verdict
     assert "**MaPO's lead at style-b is an overshoot; MaPO's lead at style-c is an overshoot**" in table
     assert "style-a is an overshoot" not in table
     assert "## Closeness to the data" in table and "| style-b | toy-style | 0.580 [0.580, 0.580] | +0.120" in table
