@@ -79,3 +79,84 @@ def overshoots(row: dict[str, Any]) -> str | None:
     if row["advantage_ci_high"] < 0 and row["closeness_ci_low"] > 0:
         return b
     return None
+
+
+# -- closeness of the image distribution: KID to the target's samples ------------------------------------
+FEATURES_DIR = "features"  # <run>/features/<sample label>/<split>/<kind>.npz: cached per sample folder
+
+
+def cluster_weights(draws: tuple[np.ndarray, np.ndarray], n_seeds: int, n_prompts: int,
+                    with_seeds: bool) -> np.ndarray:
+    """How often each (training seed, prompt) cell (``with_seeds``) or each prompt is drawn in every resample of
+    :func:`mapo_bench.stats.bootstrap_draws`: ``(R, S * P)`` (cell s * P + p) or ``(R, P)``."""
+    seed_idx, prompt_idx = draws
+    per_prompt = (prompt_idx[:, :, None] == np.arange(n_prompts)).sum(axis=1).astype(np.float64)
+    if not with_seeds:
+        return per_prompt
+    per_seed = (seed_idx[:, :, None] == np.arange(n_seeds)).sum(axis=1).astype(np.float64)
+    return (per_seed[:, :, None] * per_prompt[:, None, :]).reshape(len(seed_idx), n_seeds * n_prompts)
+
+
+def kid_to_target(models: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+                  target: tuple[np.ndarray, np.ndarray], n_seeds: int, n_prompts: int,
+                  draws: tuple[np.ndarray, np.ndarray], ci: float = 0.95) -> dict[str, dict[str, Any]]:
+    """KID of each model's samples to the target's, with an interval from the two-way cluster bootstrap.
+
+    ``models``: name -> (features (n, d), training-seed index (n,) or None for a model without training
+    seeds such as the base, prompt index (n,)); ``target``: (features (m, d), prompt index (m,)). Indices
+    are positions in the shared seed and prompt labels; ``draws`` are :func:`mapo_bench.stats.bootstrap_draws`
+    of those axes, so every model (and the target, resampled with the same prompts) is drawn alike and the
+    models' KIDs can be differenced per resample. Returns name -> ``kid``, ``ci_low``, ``ci_high``, ``_draws``.
+    """
+    from mapo_bench.severity_math import cluster_kernel_sums, weighted_kid
+
+    target_features, target_prompts = target
+    wt = cluster_weights(draws, n_seeds, n_prompts, with_seeds=False)
+    out = {}
+    for name, (features, seed_index, prompt_index) in models.items():
+        with_seeds = seed_index is not None
+        cells = np.asarray(seed_index) * n_prompts + np.asarray(prompt_index) if with_seeds else np.asarray(prompt_index)
+        n_cells = n_seeds * n_prompts if with_seeds else n_prompts
+        sums = cluster_kernel_sums(features, cells, n_cells, target_features, target_prompts, n_prompts)
+        values = weighted_kid(sums, cluster_weights(draws, n_seeds, n_prompts, with_seeds), wt)
+        low, high = percentile(values, ci)
+        point = weighted_kid(sums, (sums["x_count"] > 0).astype(np.float64), (sums["y_count"] > 0).astype(np.float64))
+        out[name] = {"kid": float(point[0]), "ci_low": low, "ci_high": high, "_draws": values}
+    return out
+
+
+def kid_closeness(a: dict[str, Any], b: dict[str, Any], ci: float = 0.95) -> dict[str, Any]:
+    """How much nearer A's samples are to the target's than B's: ``KID_B - KID_A`` (positive: A nearer), from
+    two :func:`kid_to_target` results on the same draws."""
+    draws = np.asarray(b["_draws"]) - np.asarray(a["_draws"])
+    low, high = percentile(draws, ci)
+    return {"kid_closeness": b["kid"] - a["kid"], "ci_low": low, "ci_high": high}
+
+
+def sample_features(folder: Any, kind: str, model_id: str, cache: Any) -> tuple[np.ndarray, Any]:
+    """Features of a sample folder's images (its ``index.parquet`` order) and that index, cached in ``cache``
+    (an .npz written atomically, reused while the folder's index is unchanged)."""
+    import hashlib
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    from mapo_bench.io import write_bytes_atomic
+    from mapo_bench.mismatch import image_features
+
+    folder, cache = Path(folder), Path(cache)
+    index_bytes = (folder / "index.parquet").read_bytes()
+    index = pd.read_parquet(io.BytesIO(index_bytes))
+    key = hashlib.sha256(index_bytes + f"{kind}:{model_id}".encode()).hexdigest()
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return stored["features"], index
+    images = [Image.open(folder / name).convert("RGB") for name in index["file"]]
+    features = image_features(images, kind, model_id)
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), features=features)
+    write_bytes_atomic(cache, buffer.getvalue())
+    return features, index

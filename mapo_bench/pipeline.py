@@ -139,6 +139,9 @@ class EvalSpec(StrictModel):
     severity_measure: str = Field("prefix_excess", description="the trend's x axis: a severity.json measure "
                                   "family, read on the dataset's prefixed side")
     precision: float = Field(0.05, gt=0.0, description="target 95% CI half-width of headline mean gaps")
+    kid_to_target: bool = Field(True, description="report the KID of each model's test samples to the target's "
+                                "(closeness of the image distribution to the data; off: skip its feature pass, which "
+                                "for a real backend runs CLIP on every test image once)")
     robustness_sampler: dict[str, Any] | None = Field(None, description="a second sampler setting on which the "
                                                       "trend is re-checked (test prompts, selected settings)")
     robustness_seeds: list[Seed] | None = Field(None, description="sampling seeds of the second sampler (default: "

@@ -112,6 +112,17 @@ def closeness_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in (find_row(results, name, "mapo vs dpo") for name in results["severity"]) if r and "closeness" in r]
 
 
+def kid_cells(results: dict[str, Any], dataset: str) -> dict[str, str]:
+    """The KID-to-target cells of a dataset (kid_to_target block): model -> "KID [CI]", and "mapo vs dpo" -> MaPO's
+    KID closeness over DPO's; empty where the run has no such block or the dataset no target."""
+    block = results.get("kid_to_target") or {}
+    cells = {r["model"]: fmt_ci(r["kid"], r["ci_low"], r["ci_high"], 4, signed=False)
+             for r in block.get("rows", []) if r["dataset"] == dataset}
+    cells.update({p["comparison"]: fmt_ci(p["kid_closeness"], p["ci_low"], p["ci_high"], 4)
+                  for p in block.get("pairs", []) if p["dataset"] == dataset})
+    return cells
+
+
 def closeness_lines(results: dict[str, Any]) -> list[str]:
     """MaPO's closeness to the data over DPO's per level (closeness.py), and the levels where a clear lead on
     the preference metric comes with landing clearly farther from the data: an overshoot, named up front."""
@@ -126,9 +137,16 @@ def closeness_lines(results: dict[str, Any]) -> list[str]:
     over = [(r["dataset"], overshoots(r)) for r in rows if overshoots(r)]
     warning = ("**" + "; ".join(f"{DISPLAY.get(m, m)}'s lead at {name} is an overshoot" for name, m in over)
                + "** (ahead on the metric, but farther from the data than the other, beyond the target). ") if over else ""
-    return [f"- Closeness to the data on `{rows[0]['metric']}` (|DPO - target| - |MaPO - target|, positive: MaPO's "
-            f"mean lands nearer the target's, the base prompted with the chosen prefix, i.e. what the data asks for; "
-            f"test prompts, tuned settings, 95% CI): {warning}" + "; ".join(cells) + "."]
+    lines = [f"- Closeness to the data on `{rows[0]['metric']}` (|DPO - target| - |MaPO - target|, positive: MaPO's "
+             f"mean lands nearer the target's, the base prompted with the chosen prefix, i.e. what the data asks for; "
+             f"test prompts, tuned settings, 95% CI): {warning}" + "; ".join(cells) + "."]
+    kid = [(r["dataset"], kid_cells(results, r["dataset"])) for r in rows]
+    if any("mapo vs dpo" in c for _, c in kid):
+        lines.append(f"- Closeness of the image distribution (KID of samples to the target's samples, features "
+                     f"`{results['kid_to_target']['features']}`; MaPO nearer by KID_DPO - KID_MaPO, 95% CI): "
+                     + "; ".join(f"{name} {c['mapo vs dpo']} (MaPO {c.get('mapo', '-')}, DPO {c.get('dpo', '-')}, "
+                                 f"base {c.get('base', '-')})" for name, c in kid if "mapo vs dpo" in c) + ".")
+    return lines
 
 
 def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
@@ -152,15 +170,20 @@ def closeness_table(results: dict[str, Any]) -> list[str]:
              "Gap to the target = the method's mean minus the target's (the base prompted with the chosen prefix: what "
              "the data asks for) on the preference metric, signed so that positive is beyond it; closeness = "
              "|DPO gap| - |MaPO gap|, positive: MaPO lands nearer the data. 95% CIs from the same resamples.", "",
-             "| dataset | metric | target mean | MaPO gap to target | DPO gap to target | MaPO closer by |",
-             "|---|---|---|---|---|---|"]
+             "KID to target: the kernel distance of the model's test samples to the target's (features as in the "
+             "severity measure; 0: the same distribution); MaPO nearer by (KID) = KID_DPO - KID_MaPO.", "",
+             "| dataset | metric | target mean | MaPO gap to target | DPO gap to target | MaPO closer by "
+             "| KID to target: base | MaPO | DPO | MaPO nearer by (KID) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gaps = [f"{fmt_ci(r[f'target_gap_{s}'], *r[f'target_gap_{s}_ci'])} ({r[f'target_side_{s}']})" for s in "ab"]
         target = next((m for m in results["mean_scores"] if (m["dataset"], m["view"], m["model"], m["metric"])
                        == (r["dataset"], "tuned", "target", r["metric"])), None)
         mean = fmt_ci(target["mean"], target["ci_low"], target["ci_high"], 3, signed=False) if target else "-"
+        kid = kid_cells(results, r["dataset"])
         lines.append(f"| {r['dataset']} | {r['metric']} | {mean} | {gaps[0]} | {gaps[1]} "
-                     f"| {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} |")
+                     f"| {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} | "
+                     + " | ".join(kid.get(k, "-") for k in ("base", "mapo", "dpo", "mapo vs dpo")) + " |")
     return [*lines, ""]
 
 

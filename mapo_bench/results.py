@@ -180,6 +180,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                "selection_check": selection_check(runner, selection, rows),
                "rows": rows, "mean_scores": means, "wall_s": wall_times(run_dir)}
     results["trend"] = trends(spec, severity, rows, draws, runner.test_splits())
+    if ev.kid_to_target:
+        results["kid_to_target"] = kid_to_target_block(runner, selection, labels_of)
     results["precision"] = precision(rows, ev.precision)
     from mapo_bench.human import human_block
 
@@ -187,6 +189,62 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     if human is not None:  # only runs someone rated (mapo-bench serve / import-votes) carry the block
         results["human"] = human
     return results
+
+
+def kid_to_target_block(runner: Any, selection: dict[str, Any], labels_of: dict[str, Any]) -> dict[str, Any]:
+    """Per dataset with a target (test prompts, tuned view): KID of the base's and each selected method's samples
+    to the target's, and MaPO's KID closeness over DPO's, on the bootstrap axes of the comparisons
+    (closeness.py). Features as the severity measure's (``mismatch.features``: pixels on the toy, CLIP
+    image embeddings otherwise), cached per sample folder under ``features/``."""
+    from mapo_bench.closeness import FEATURES_DIR, kid_closeness, kid_to_target, sample_features
+    from mapo_bench.registry import toy_world
+    from mapo_bench.stats import bootstrap_draws
+
+    spec, ev = runner.spec, runner.spec.eval
+    kind = spec.mismatch.get("features", "auto")
+    kind = kind if kind != "auto" else ("pixels" if toy_world(spec.backend) else "clip")
+    model_id = spec.mismatch.get("feature_model", "openai/clip-vit-large-patch14")
+
+    def features(label: str) -> tuple[Any, Any]:
+        return sample_features(runner.samples_dir(label, "test"), kind, model_id,
+                               runner.run_dir / FEATURES_DIR / label / f"test-{kind}.npz")
+
+    rows, pairs, skipped = [], [], {}
+    for d in spec.datasets:
+        if runner.target_prefix(d) is None:
+            continue
+        labels = [f"target/{d.name}", "base" if d.prompts is None else d.base_label]
+        labels += [f"{d.name}/{m}/{point_name(c['grid'])}-s{seed}" for m, c in selection["cells"][d.name].items()
+                   if c["status"] != "failed" for seed in spec.seeds]
+        missing = [label for label in labels if not (runner.samples_dir(label, "test") / "index.parquet").is_file()]
+        if missing:  # e.g. a run whose images were deleted to save space: the scores stand, this block cannot
+            skipped[d.name] = f"no test samples in {runner.samples_dir(missing[0], 'test')}"
+            continue
+        seeds, prompts = labels_of[d.name]["seed_labels"], labels_of[d.name]["prompt_labels"]
+        target_features, target_index = features(f"target/{d.name}")
+        base_features, base_index = features("base" if d.prompts is None else d.base_label)
+        models = {"base": (base_features, None, np.searchsorted(prompts, base_index["prompt_id"]))}
+        for method in spec.methods:
+            cell = selection["cells"][d.name][method]
+            if cell["status"] == "failed":
+                continue
+            parts = [(features(f"{d.name}/{method}/{point_name(cell['grid'])}-s{seed}"), i) for i, seed in enumerate(seeds)]
+            models[method] = (np.concatenate([f for (f, _), _ in parts]),
+                              np.concatenate([np.full(len(index), i) for (_, index), i in parts]),
+                              np.concatenate([np.searchsorted(prompts, index["prompt_id"]) for (_, index), _ in parts]))
+        draws = bootstrap_draws(len(seeds), len(prompts), ev.resamples, ev.bootstrap_seed)
+        result = kid_to_target(models, (target_features, np.searchsorted(prompts, target_index["prompt_id"])),
+                               len(seeds), len(prompts), draws)
+        rows += [{"dataset": d.name, "model": name, **{k: v for k, v in r.items() if not k.startswith("_")}}
+                 for name, r in result.items()]
+        for a, b in [("mapo", "dpo")] + [("mapo", m) for m in spec.methods if m not in ("mapo", "dpo")]:
+            if a in result and b in result:
+                pairs.append({"dataset": d.name, "comparison": f"{a} vs {b}", **kid_closeness(result[a], result[b])})
+    return {"features": kind if kind == "pixels" else f"clip:{model_id}", "split": "test", "view": "tuned",
+            "rows": rows, "pairs": pairs, "skipped": skipped,
+            "note": "KID (polynomial kernel, unbiased) of each model's test samples to the target's samples on the same "
+                    "prompts and seeds; 95% intervals from the comparisons' two-way bootstrap (training seeds x prompts), "
+                    "the target resampled with the same prompts; kid_closeness = KID_b - KID_a, positive: a nearer"}
 
 
 def severity_records(run_dir: Path, spec: Any) -> dict[str, Any]:

@@ -329,6 +329,8 @@ def test_closeness_to_the_data_names_a_lead_that_overshoots_the_target(tmp_path,
         assert rows[name]["closeness_ci_low"] == pytest.approx(expected)
         assert (rows[name]["target_side_a"], rows[name]["target_side_b"]) == ("beyond the target", "short of the target")
     assert "closeness" not in rows["safety"]
+    skipped = results["kid_to_target"]["skipped"]  # this synthetic run has scores but no images
+    assert set(skipped) == {"style-a", "style-b", "style-c"} and "no test samples in" in skipped["style-a"]
     trend = results["trend"]["chosen"]["secondary"]["closeness to the data"]
     assert trend["slope"] == pytest.approx(-10.0) and trend["verdict"] == "shrinks"
     table = (out / "table.md").read_text()
