@@ -172,7 +172,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
                         rows.append({"split": split, "view": view, "dataset": d.name, "task": d.task,
                                      "prefixed_side": side, "severity_x": x, "comparison": comparison,
                                      "metric": metric, "role": role, **_public(result)})
-    attach_closeness(rows, draws, compared)
+    attach_closeness(rows, draws, list(spec.methods))  # pairs of trained methods (a checkpoint is fixed like the base)
     results = {"schema_version": SCHEMA_VERSION, "pipeline": spec.name, "config": spec.model_dump(mode="json"),
                "versions": package_versions(), "base": base_record(run_dir, spec),
                "bootstrap": {"resamples": ev.resamples, "seed": ev.bootstrap_seed, "unit": BOOTSTRAP_UNIT},
@@ -213,25 +213,22 @@ def kid_to_target_block(runner: Any, selection: dict[str, Any], labels_of: dict[
     for d in spec.datasets:
         if runner.target_prefix(d) is None:
             continue
-        labels = [f"target/{d.name}", "base" if d.prompts is None else d.base_label]
-        labels += [f"{d.name}/{m}/{point_name(c['grid'])}-s{seed}" for m, c in selection["cells"][d.name].items()
-                   if c["status"] != "failed" for seed in spec.seeds]
-        missing = [label for label in labels if not (runner.samples_dir(label, "test") / "index.parquet").is_file()]
+        seeds, prompts = labels_of[d.name]["seed_labels"], labels_of[d.name]["prompt_labels"]
+        members = {"target": [f"target/{d.name}"], "base": ["base" if d.prompts is None else d.base_label]}
+        members.update({m: [f"{d.name}/{m}/{point_name(c['grid'])}-s{seed}" for seed in seeds]
+                        for m, c in selection["cells"][d.name].items() if c["status"] != "failed"})
+        missing = [label for labels in members.values() for label in labels
+                   if not (runner.samples_dir(label, "test") / "index.parquet").is_file()]
         if missing:  # e.g. a run whose images were deleted to save space: the scores stand, this block cannot
             skipped[d.name] = f"no test samples in {runner.samples_dir(missing[0], 'test')}"
             continue
-        seeds, prompts = labels_of[d.name]["seed_labels"], labels_of[d.name]["prompt_labels"]
-        target_features, target_index = features(f"target/{d.name}")
-        base_features, base_index = features("base" if d.prompts is None else d.base_label)
-        models = {"base": (base_features, None, np.searchsorted(prompts, base_index["prompt_id"]))}
-        for method in spec.methods:
-            cell = selection["cells"][d.name][method]
-            if cell["status"] == "failed":
-                continue
-            parts = [(features(f"{d.name}/{method}/{point_name(cell['grid'])}-s{seed}"), i) for i, seed in enumerate(seeds)]
-            models[method] = (np.concatenate([f for (f, _), _ in parts]),
-                              np.concatenate([np.full(len(index), i) for (_, index), i in parts]),
-                              np.concatenate([np.searchsorted(prompts, index["prompt_id"]) for (_, index), _ in parts]))
+        loaded = {name: [features(label) for label in labels] for name, labels in members.items()}
+        (target_features, target_index), = loaded.pop("target")
+        models = {}
+        for name, parts in loaded.items():  # a method: one part per training seed, in the seed labels' order
+            seed_index = np.concatenate([np.full(len(index), i) for i, (_, index) in enumerate(parts)])
+            models[name] = (np.concatenate([f for f, _ in parts]), None if name == "base" else seed_index,
+                            np.concatenate([np.searchsorted(prompts, index["prompt_id"]) for _, index in parts]))
         draws = bootstrap_draws(len(seeds), len(prompts), ev.resamples, ev.bootstrap_seed)
         result = kid_to_target(models, (target_features, np.searchsorted(prompts, target_index["prompt_id"])),
                                len(seeds), len(prompts), draws)
