@@ -16,7 +16,6 @@ from mapo_bench.io import read_json, write_json_atomic, write_text_atomic
 from mapo_bench.results import CLOSENESS_TREND, UNADJUSTED_NOTE, build_results
 from mapo_bench.trend import standing_phrase, standing_text
 
-DISPLAY = {"mapo": "MaPO", "dpo": "DPO", "sft": "SFT"}
 CLOSENESS_COLUMN = "mapo vs dpo: closer to the data"
 GRID_HEADER_PX = 14  # the strip above a sample grid naming its columns
 VERDICT_TEXT = {"grows": "**grows**", "shrinks": "**shrinks**", "no evidence either way": "shows **no evidence either way**",
@@ -68,6 +67,8 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"- {head}: slope {fmt_ci(p['slope'], p['slope_ci_low'], p['slope_ci_high'], 2)} metric units per "
                      f"unit of severity (95% bootstrap CI, severity estimates resampled too). Secondary: "
                      + "; ".join(extra) + ".")
+    from mapo_bench.report_closeness import closeness_lines
+
     lines += closeness_lines(results)
     for name, sev in results["severity"].items():
         metric = ev["preference_metric"].get(sev["task"])
@@ -107,48 +108,6 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def closeness_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tuned-view, test-prompt "mapo vs dpo" preference rows that carry closeness (levels with a target)."""
-    return [r for r in (find_row(results, name, "mapo vs dpo") for name in results["severity"]) if r and "closeness" in r]
-
-
-def kid_cells(results: dict[str, Any], dataset: str) -> dict[str, str]:
-    """The KID-to-target cells of a dataset (kid_to_target block): model -> "KID [CI]", and "mapo vs dpo" -> MaPO's
-    KID closeness over DPO's; empty where the run has no such block or the dataset no target."""
-    block = results.get("kid_to_target") or {}
-    cells = {r["model"]: fmt_ci(r["kid"], r["ci_low"], r["ci_high"], 4, signed=False)
-             for r in block.get("rows", []) if r["dataset"] == dataset}
-    cells.update({p["comparison"]: fmt_ci(p["kid_closeness"], p["ci_low"], p["ci_high"], 4)
-                  for p in block.get("pairs", []) if p["dataset"] == dataset})
-    return cells
-
-
-def closeness_lines(results: dict[str, Any]) -> list[str]:
-    """MaPO's closeness to the data over DPO's per level (closeness.py), and the levels where a clear lead on
-    the preference metric comes with landing clearly farther from the data: an overshoot, named up front."""
-    from mapo_bench.closeness import overshoots
-
-    rows = closeness_rows(results)
-    if not rows:
-        return []
-    short = {"beyond the target": "beyond", "short of the target": "short", "level with the target": "level"}
-    cells = [f"{r['dataset']} {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} "
-             f"(MaPO {short[r['target_side_a']]}, DPO {short[r['target_side_b']]})" for r in rows]
-    over = [(r["dataset"], overshoots(r)) for r in rows if overshoots(r)]
-    warning = ("**" + "; ".join(f"{DISPLAY.get(m, m)}'s lead at {name} is an overshoot" for name, m in over)
-               + "** (ahead on the metric, but farther from the data than the other, beyond the target). ") if over else ""
-    lines = [f"- Closeness to the data on `{rows[0]['metric']}` (|DPO - target| - |MaPO - target|, positive: MaPO's "
-             f"mean lands nearer the target's, the base prompted with the chosen prefix, i.e. what the data asks for; "
-             f"test prompts, tuned settings, 95% CI): {warning}" + "; ".join(cells) + "."]
-    kid = [(r["dataset"], kid_cells(results, r["dataset"])) for r in rows]
-    if any("mapo vs dpo" in c for _, c in kid):
-        lines.append(f"- Closeness of the image distribution (KID of samples to the target's samples, features "
-                     f"`{results['kid_to_target']['features']}`; MaPO nearer by KID_DPO - KID_MaPO, 95% CI): "
-                     + "; ".join(f"{name} {c['mapo vs dpo']} (MaPO {c.get('mapo', '-')}, DPO {c.get('dpo', '-')}, "
-                                 f"base {c.get('base', '-')})" for name, c in kid if "mapo vs dpo" in c) + ".")
-    return lines
-
-
 def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
     """The headline's comparisons (MaPO vs DPO and vs each other method, then each method vs the base) and, per
     dataset, its severity
@@ -159,32 +118,6 @@ def headline_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, d
                    if a in methods and (b in methods or b == "base")]
     return comparisons, [(name, sev, {c: find_row(results, name, c) for c in comparisons})
                          for name, sev in results["severity"].items()]
-
-
-def closeness_table(results: dict[str, Any]) -> list[str]:
-    """Per level: the target's mean, each method's gap to it (where it lands) and MaPO's closeness over DPO."""
-    rows = closeness_rows(results)
-    if not rows:
-        return []
-    lines = ["## Closeness to the data (test prompts, tuned settings)", "",
-             "Gap to the target = the method's mean minus the target's (the base prompted with the chosen prefix: what "
-             "the data asks for) on the preference metric, signed so that positive is beyond it; closeness = "
-             "|DPO gap| - |MaPO gap|, positive: MaPO lands nearer the data. 95% CIs from the same resamples.", "",
-             "KID to target: the kernel distance of the model's test samples to the target's (features as in the "
-             "severity measure; 0: the same distribution); MaPO nearer by (KID) = KID_DPO - KID_MaPO.", "",
-             "| dataset | metric | target mean | MaPO gap to target | DPO gap to target | MaPO closer by "
-             "| KID to target: base | MaPO | DPO | MaPO nearer by (KID) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gaps = [f"{fmt_ci(r[f'target_gap_{s}'], *r[f'target_gap_{s}_ci'])} ({r[f'target_side_{s}']})" for s in "ab"]
-        target = next((m for m in results["mean_scores"] if (m["dataset"], m["view"], m["model"], m["metric"])
-                       == (r["dataset"], "tuned", "target", r["metric"])), None)
-        mean = fmt_ci(target["mean"], target["ci_low"], target["ci_high"], 3, signed=False) if target else "-"
-        kid = kid_cells(results, r["dataset"])
-        lines.append(f"| {r['dataset']} | {r['metric']} | {mean} | {gaps[0]} | {gaps[1]} "
-                     f"| {fmt_ci(r['closeness'], r['closeness_ci_low'], r['closeness_ci_high'])} | "
-                     + " | ".join(kid.get(k, "-") for k in ("base", "mapo", "dpo", "mapo vs dpo")) + " |")
-    return [*lines, ""]
 
 
 def published_table(results: dict[str, Any]) -> list[str]:
@@ -234,6 +167,8 @@ def headline_table(results: dict[str, Any]) -> list[str]:
 
 def render_markdown(results: dict[str, Any]) -> str:
     """table.md: the answer, the headline effects, the fidelity gate on test, every comparison, the grid."""
+    from mapo_bench.report_closeness import closeness_table
+
     ev = results["config"]["eval"]
     lines = [f"# {results['pipeline']}: does MaPO's edge over Diffusion-DPO grow with reference mismatch?", "",
              results["note"], "", *base_note(results), "## Answer", "", *answer_lines(results), "",
@@ -471,6 +406,7 @@ def write_report(run_dir: Path) -> Path:
     results = build_results(run_dir)
     from mapo_bench.integrity import file_records, sealed
     from mapo_bench.io import atomic_dir
+    from mapo_bench.report_closeness import TARGET_PLOT_FILE, plot_target_gaps
     from mapo_bench.report_html import render_html
 
     # Written beside report/ and renamed over it at the end, so a failed write (a full disk) leaves the
@@ -482,6 +418,7 @@ def write_report(run_dir: Path) -> Path:
         write_text_atomic(tmp / "table.md", render_markdown(results))
         write_text_atomic(tmp / "table.csv", render_csv(results))
         plot_severity(results, tmp / PLOT_FILE)
+        plot_target_gaps(results, tmp / TARGET_PLOT_FILE)
         for d in results["severity"]:
             sample_grid(run_dir, results, d, tmp / f"grid_{d}.png")
         write_text_atomic(tmp / HTML_FILE, render_html(run_dir, results, written=tmp))
@@ -515,13 +452,15 @@ def has_trend(results: dict[str, Any]) -> bool:
     return any(n >= MIN_LEVELS for n in sides.values())
 
 
-def headline_markdown(results: dict[str, Any], figure: str) -> str:
-    """The README's headline: the verdict with its numbers, then the headline effects, rendered from results."""
+def headline_markdown(results: dict[str, Any], figure: str, closeness_figure: str | None = None) -> str:
+    """The README's headline: the verdict with its numbers, the plots, then the headline effects, rendered from
+    results. ``closeness_figure``: the closeness-to-data plot's path, where the run drew one."""
     folder = Path(figure).parent.as_posix()
     lines = [f"Measured by `mapo-bench run pipelines/{results['pipeline']}.yaml` (versions and config in "
              f"[results.json]({folder}/results.json); every table in [table.md]({folder}/table.md)). {results['note']}",
              "", *base_note(results), *answer_lines(results), "",
              *([f"![severity vs effect]({figure})", ""] if has_trend(results) else []),
+             *([f"![where each model lands against the data]({closeness_figure})", ""] if closeness_figure else []),
              "Advantage = mean preference-score gap (metric units; positive favours the first model) with its 95% CI; "
              "the win rate follows in brackets.", "", *headline_table(results),
              *(["", *published_table(results)] if results["config"].get("published") else [])]
@@ -548,8 +487,12 @@ def publish(run_dir: Path, dest: Path, readme: Path | None = None) -> Path:
         start, end = readme_markers(results["pipeline"], text)
         if start not in text or end not in text:
             raise MapoBenchError(f"{readme}: add the markers {start} and {end} where the results go")
-        figure = Path(os.path.relpath((dest / PLOT_FILE).resolve(), readme.resolve().parent)).as_posix()
+        from mapo_bench.report_closeness import TARGET_PLOT_FILE
+
+        figure, closeness = (Path(os.path.relpath((dest / name).resolve(), readme.resolve().parent)).as_posix()
+                             for name in (PLOT_FILE, TARGET_PLOT_FILE))
         head, rest = text.split(start, 1)
         tail = rest.split(end, 1)[1]
-        write_text_atomic(readme, f"{head}{start}\n{headline_markdown(results, figure)}\n{end}{tail}")
+        section = headline_markdown(results, figure, closeness if (dest / TARGET_PLOT_FILE).is_file() else None)
+        write_text_atomic(readme, f"{head}{start}\n{section}\n{end}{tail}")
     return dest

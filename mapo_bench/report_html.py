@@ -97,7 +97,8 @@ def render_html(run_dir: Path, results: dict[str, Any], written: Path | None = N
     ``written``: the folder the report files are being written to (default ``report/``)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from mapo_bench.report import PLOT_FILE, answer_lines, base_note, closeness_rows, fmt_ci, headline_rows, kid_cells
+    from mapo_bench.report import PLOT_FILE, answer_lines, base_note, fmt_ci, headline_rows
+    from mapo_bench.report_closeness import TARGET_PLOT_FILE, closeness_rows, kid_cells
 
     env = Environment(loader=PackageLoader("mapo_bench", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["ci"] = lambda v, lo=None, hi=None, digits=3, signed=True: fmt_ci(v, lo, hi, digits, signed)
@@ -109,5 +110,6 @@ def render_html(run_dir: Path, results: dict[str, Any], written: Path | None = N
         r=results, answer=answer_lines(results), base_note=base_note(results), plot=PLOT_FILE,
         plot_exists=((written or run_dir / "report") / PLOT_FILE).is_file(), comparisons=comparisons, headline=headline,
         galleries=galleries, cards=data_cards(run_dir, results), closeness=[(row, kid_cells(results, row["dataset"])) for row in closeness_rows(results)],
+        target_plot=TARGET_PLOT_FILE if ((written or run_dir / "report") / TARGET_PLOT_FILE).is_file() else None,
         trend_rows=[(side, label, t) for side, block in results["trend"].items()
                     for label, t in [("primary: mapo vs dpo", block["primary"]), *block["secondary"].items()]])

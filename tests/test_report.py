@@ -346,3 +346,21 @@ def test_closeness_to_the_data_names_a_lead_that_overshoots_the_target(tmp_path,
     assert "closer to data" in text and "-0.140 [-0.140, -0.140]" in line
     page = (out / "index.html").read_text()
     assert 'id="closeness"' in page and page.count("(beyond the target)") == 3
+
+
+def test_the_closeness_plot_is_drawn_only_for_runs_whose_levels_have_a_target(tmp_path):
+    """The synthetic run has targets on its style levels but no images: one panel (gaps to the target), 720 px
+    wide at 6 in x 120 dpi; with a kid_to_target block a second panel (1440 px); a run without "vs target"
+    rows gets no file."""
+    from PIL import Image
+
+    from mapo_bench.report_closeness import plot_target_gaps
+
+    out = write_report(make_run(tmp_path, {**SPEC, "eval": {**SPEC["eval"], "fidelity_margin": 0.5}}))
+    results = json.loads((out / "results.json").read_text())
+    assert Image.open(out / "closeness_to_data.png").size[0] == 720
+    results["kid_to_target"]["rows"] = [{"dataset": d, "model": m, "kid": 0.1, "ci_low": 0.05, "ci_high": 0.2}
+                                        for d in LEVELS for m in ("base", "mapo", "dpo")]
+    assert Image.open(plot_target_gaps(results, tmp_path / "two.png")).size[0] == 1440
+    results["rows"] = [r for r in results["rows"] if not r["comparison"].endswith(" vs target")]
+    assert plot_target_gaps(results, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

@@ -30,12 +30,13 @@ def test_report_page_from_the_file_system(tiny_runs, page):
     for table in TABLES:
         assert page.locator(f"#{table} tbody tr").count() >= 1, table
     assert page.locator("#rows tbody tr").count() == len(results["rows"])
-    from mapo_bench.report import closeness_rows
+    from mapo_bench.report_closeness import closeness_rows
 
     assert page.locator("#closeness tbody tr").count() == len(closeness_rows(results))  # the levels with a target
     kid = results["kid_to_target"]  # KID of every selected model's samples to the target's, from the run's images
     assert kid["rows"] and not kid["skipped"] and {"base", "mapo"} <= {r["model"] for r in kid["rows"]}
     assert page.locator("#plot").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#target-plot").evaluate("img => img.naturalWidth") > 0  # the tiny run's levels have targets
     # every gallery image loads and names its prompt, seed and model; a click pins them in the details panel
     images = page.locator(".gallery img")
     assert images.count() >= 2 * len(results["severity"])

@@ -24,7 +24,7 @@ GRID_STEP = 0.5  # px: candidate centres and radii
 INNER_MARGIN = 1.0  # px: the returned weights stop this far inside the outline, where the fill (and a pattern) is
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def candidate_masks(shape: str, position: str, size: str) -> tuple[np.ndarray, np.ndarray]:
     """``((K, 1024), (K, 1024))``: for every candidate placement, the object's coverage and its inner coverage
     (radius less ``INNER_MARGIN``), flattened over the 32 x 32 canvas."""
