@@ -84,3 +84,17 @@ def test_lever_rows_beside_the_plain_ones():
                        ("fused adamw", "mapo", True), ("fused adamw", "dpo", True)]
     merged = train_step.merge({"optim": {"name": "adamw", "lr": 1e-6}}, train_step.LEVERS["fused adamw"])
     assert merged == {"optim": {"name": "adamw", "lr": 1e-6, "implementation": "fused"}}
+
+
+def test_the_gpu_check_refuses_in_one_line_where_torch_sees_no_gpu(tmp_path):
+    """benchmarks/gpu_check.sh with CUDA hidden (CUDA_VISIBLE_DEVICES empty, so also on a GPU machine): exit 2,
+    one gpu_check line naming the missing CUDA device, and no results file that could pass for a measurement."""
+    import os
+    import subprocess
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("gpu_check: torch sees no CUDA device here")
+    assert not (tmp_path / "out" / "gpu_check.json").exists()
