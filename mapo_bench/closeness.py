@@ -12,9 +12,10 @@ so beside the advantage each pair of trained methods gets
 positive when A's mean lands nearer the target's. Its interval takes both gaps from the same two-way
 resamples (:func:`mapo_bench.stats.compare` with shared draws), so the target's own noise, shared by both,
 is resampled once. |mean| is biased away from 0 when a true gap is 0 (by about its standard error); the
-bias is alike for both sides and mostly cancels in the difference. A one-number summary of the preference
-metric, not a distance between image distributions: it tells overshoot from faithful learning on the axis
-the headline scores, nothing more.
+bias is alike for both sides and mostly cancels in the difference. That is a one-number summary of the
+preference metric: it tells overshoot from faithful learning on the axis the headline scores. The second part
+of this module compares image distributions: the KID of each model's samples to the target's samples, with
+the same two-way bootstrap (:func:`kid_to_target`).
 """
 
 from __future__ import annotations
@@ -82,18 +83,22 @@ def overshoots(row: dict[str, Any]) -> str | None:
 
 
 # -- closeness of the image distribution: KID to the target's samples ------------------------------------
-FEATURES_DIR = "features"  # <run>/features/<sample label>/<split>/<kind>.npz: cached per sample folder
+FEATURES_DIR = "features"  # <run>/features/<sample label>/<split>-<kind>.npz: cached per sample folder
 
 
 def cluster_weights(draws: tuple[np.ndarray, np.ndarray], n_seeds: int, n_prompts: int,
                     with_seeds: bool) -> np.ndarray:
     """How often each (training seed, prompt) cell (``with_seeds``) or each prompt is drawn in every resample of
     :func:`mapo_bench.stats.bootstrap_draws`: ``(R, S * P)`` (cell s * P + p) or ``(R, P)``."""
+    def counts(idx: np.ndarray, n: int) -> np.ndarray:  # per resample row, how often each index was drawn
+        rows = np.arange(len(idx))[:, None] * n
+        return np.bincount((rows + idx).ravel(), minlength=len(idx) * n).reshape(len(idx), n).astype(np.float64)
+
     seed_idx, prompt_idx = draws
-    per_prompt = (prompt_idx[:, :, None] == np.arange(n_prompts)).sum(axis=1).astype(np.float64)
+    per_prompt = counts(prompt_idx, n_prompts)
     if not with_seeds:
         return per_prompt
-    per_seed = (seed_idx[:, :, None] == np.arange(n_seeds)).sum(axis=1).astype(np.float64)
+    per_seed = counts(seed_idx, n_seeds)
     return (per_seed[:, :, None] * per_prompt[:, None, :]).reshape(len(seed_idx), n_seeds * n_prompts)
 
 
@@ -120,7 +125,7 @@ def kid_to_target(models: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndar
         sums = cluster_kernel_sums(features, cells, n_cells, target_features, target_prompts, n_prompts)
         values = weighted_kid(sums, cluster_weights(draws, n_seeds, n_prompts, with_seeds), wt)
         low, high = percentile(values, ci)
-        point = weighted_kid(sums, (sums["x_count"] > 0).astype(np.float64), (sums["y_count"] > 0).astype(np.float64))
+        point = weighted_kid(sums, np.ones(n_cells), np.ones(n_prompts))  # every cell once: kid() of the samples
         out[name] = {"kid": float(point[0]), "ci_low": low, "ci_high": high, "_draws": values}
     return out
 

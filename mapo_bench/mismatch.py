@@ -13,6 +13,7 @@ A measure whose inputs the dataset lacks is skipped with the reason.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -140,24 +141,39 @@ def hash_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def image_features(images: list[Any], kind: str, model_id: str) -> Any:
-    """Fixed features for the feature distance: 8x8 area-pooled pixels (toy) or CLIP image embeddings."""
+def feature_kind(features: str, backend: str) -> str:
+    """The feature space of the feature distance: ``features`` as given, "auto" = pixels on the toy, else CLIP."""
+    return features if features != "auto" else ("pixels" if toy_world(backend) else "clip")
+
+
+@functools.cache
+def _clip(model_id: str) -> tuple[Any, Any]:
+    """The CLIP model and image processor, loaded once per process (a report reads many sample folders)."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from mapo_bench.models import resolve_model
+
+    path = str(resolve_model(model_id))
+    return CLIPModel.from_pretrained(path).eval(), CLIPImageProcessor.from_pretrained(path)
+
+
+def image_features(images: list[Any], kind: str, model_id: str, batch_size: int = 64) -> Any:
+    """Fixed features for the feature distance: 8x8 area-pooled pixels (toy) or CLIP image embeddings,
+    ``batch_size`` images per CLIP forward."""
     import numpy as np
 
     if kind == "pixels":
         pooled = [np.asarray(im.resize((8, 8), resample=4), dtype=np.float64).ravel() / 255.0 for im in images]
         return np.stack(pooled)
     import torch
-    from transformers import CLIPImageProcessor, CLIPModel
 
-    from mapo_bench.models import resolve_model
-
-    path = str(resolve_model(model_id))
-    model, processor = CLIPModel.from_pretrained(path).eval(), CLIPImageProcessor.from_pretrained(path)
+    model, processor = _clip(model_id)
+    parts = []
     with torch.no_grad():
-        out = model.get_image_features(**processor(images=images, return_tensors="pt"))
-    out = getattr(out, "pooler_output", out)
-    return torch.nn.functional.normalize(out.float(), dim=-1).numpy().astype(np.float64)
+        for start in range(0, len(images), batch_size):
+            out = model.get_image_features(**processor(images=images[start:start + batch_size], return_tensors="pt"))
+            parts.append(getattr(out, "pooler_output", out))
+    return torch.nn.functional.normalize(torch.cat(parts).float(), dim=-1).numpy().astype(np.float64)
 
 
 def measure_mismatch(cfg: MismatchConfig) -> Path:
@@ -225,7 +241,7 @@ def measure_mismatch(cfg: MismatchConfig) -> Path:
     lo, hi = bootstrap_interval(correct, resamples=cfg.resamples, seed=cfg.seed)
     measures["reference_pair_accuracy"] = {"value": float(correct.mean()), "ci_low": lo, "ci_high": hi}
     with watch.time("feature_distance"):
-        kind = cfg.features if cfg.features != "auto" else ("pixels" if toy_world(cfg.backend) else "clip")
+        kind = feature_kind(cfg.features, cfg.backend)
         captions = list(frame["caption"])
         n_ref = min(cfg.reference_samples, max(len(frame), 2))
         ref_captions = [captions[i % len(captions)] for i in range(n_ref)]

@@ -141,8 +141,10 @@ def published_table(results: dict[str, Any]) -> list[str]:
 
 def headline_table(results: dict[str, Any]) -> list[str]:
     """Mean preference gaps with 95% CIs (win rates after them), per dataset, tuned view, test prompts."""
+    from mapo_bench.report_closeness import closeness_rows
+
     comparisons, rows = headline_rows(results)
-    closer = any("closeness" in (cells.get("mapo vs dpo") or {}) for _, _, cells in rows)
+    closer = bool(closeness_rows(results))
     extra = [CLOSENESS_COLUMN] if closer else []
     head = "| dataset | severity x [95% CI] | metric | " + " | ".join([*comparisons, *extra]) + " |"
     lines = [head, "|" + "---|" * (3 + len(comparisons) + len(extra))]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo_bench.report import HTML_FILE, PLOT_FILE, find_row, fmt_ci, headline_rows
+from mapo_bench.report_closeness import closeness_rows
 from mapo_bench.trend import standing_text
 
 
@@ -28,7 +29,7 @@ def answer_table(results: dict[str, Any]) -> Any:
     table = Table(title=f"{results['pipeline']}: MaPO - Diffusion-DPO mean preference gap by severity\n"
                         "(test prompts, 95% CIs; tuned: each method's selected setting"
                         + ("; matched: the fixed settings, whatever the gate says" if matched else "") + ")")
-    closer = any("closeness" in (cells.get("mapo vs dpo") or {}) for _, _, cells in rows)
+    closer = bool(closeness_rows(results))
     columns = (["dataset", "severity", "tuned", "wins"] + (["closer to data"] if closer else [])
                + (["matched", "wins"] if matched else []))
     for column in columns:  # intervals may wrap at their space on a narrow terminal; names and win rates do not

@@ -197,13 +197,13 @@ def kid_to_target_block(runner: Any, selection: dict[str, Any], labels_of: dict[
     (closeness.py). Features as the severity measure's (``mismatch.features``: pixels on the toy, CLIP
     image embeddings otherwise), cached per sample folder under ``features/``."""
     from mapo_bench.closeness import FEATURES_DIR, kid_closeness, kid_to_target, sample_features
-    from mapo_bench.registry import toy_world
+    from mapo_bench.mismatch import MismatchConfig, feature_kind
     from mapo_bench.stats import bootstrap_draws
 
     spec, ev = runner.spec, runner.spec.eval
-    kind = spec.mismatch.get("features", "auto")
-    kind = kind if kind != "auto" else ("pixels" if toy_world(spec.backend) else "clip")
-    model_id = spec.mismatch.get("feature_model", "openai/clip-vit-large-patch14")
+    defaults = MismatchConfig.model_fields  # the severity measure's own feature space, unless the pipeline sets one
+    kind = feature_kind(spec.mismatch.get("features", defaults["features"].default), spec.backend)
+    model_id = spec.mismatch.get("feature_model", defaults["feature_model"].default)
 
     def features(label: str) -> tuple[Any, Any]:
         return sample_features(runner.samples_dir(label, "test"), kind, model_id,

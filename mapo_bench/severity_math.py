@@ -6,6 +6,7 @@ numpy only, so they are cheap to test against hand-derived numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -104,12 +105,22 @@ def cluster_kernel_sums(x: np.ndarray, x_cells: np.ndarray, n_x: int, y: np.ndar
     Returns ``xx`` (n_x, n_x), ``yy`` (n_y, n_y), ``xy`` (n_x, n_y) block sums of the polynomial kernel,
     ``x_diag`` / ``y_diag`` (per cluster, the sum of k(a, a)) and ``x_count`` / ``y_count`` (images per cluster).
     """
+    from scipy.sparse import csr_matrix
+
+    def one_hot(cells: np.ndarray, n: int) -> Any:  # (images, clusters), sparse: sums cost O(images^2)
+        cells = np.asarray(cells)
+        return csr_matrix((np.ones(len(cells)), (np.arange(len(cells)), cells)), shape=(len(cells), n))
+
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ox = np.eye(n_x)[np.asarray(x_cells)]  # (n, n_x) one-hot
-    oy = np.eye(n_y)[np.asarray(y_cells)]
+    ox, oy = one_hot(x_cells, n_x), one_hot(y_cells, n_y)
+
+    def block(k: np.ndarray, a: Any, b: Any) -> np.ndarray:
+        return np.asarray(a.T @ (b.T @ k.T).T)  # a^T k b, with k @ b taken as (b^T k^T)^T
+
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
-    return {"xx": ox.T @ kxx @ ox, "yy": oy.T @ kyy @ oy, "xy": ox.T @ kxy @ oy,
-            "x_diag": ox.T @ np.diag(kxx), "y_diag": oy.T @ np.diag(kyy), "x_count": ox.sum(0), "y_count": oy.sum(0)}
+    return {"xx": block(kxx, ox, ox), "yy": block(kyy, oy, oy), "xy": block(kxy, ox, oy),
+            "x_diag": ox.T @ np.diag(kxx), "y_diag": oy.T @ np.diag(kyy),
+            "x_count": np.asarray(ox.sum(0)).ravel(), "y_count": np.asarray(oy.sum(0)).ravel()}
 
 
 def weighted_kid(sums: dict[str, np.ndarray], wx: np.ndarray, wy: np.ndarray) -> np.ndarray:

@@ -90,3 +90,20 @@ def test_missing_prompt_columns_skip_prefix_excess_with_reason(tmp_path, tiny_sd
     measures = json.loads(measure_mismatch(cfg).read_text())["measures"]
     assert "prefix_excess_chosen" not in measures
     assert "prompt_0" in measures["skipped"]["prefix_excess_chosen"]
+
+
+def test_clip_features_are_batched_and_the_model_is_loaded_once(tiny_clip):
+    """A tiny CLIP's features of 5 images: the same in batches of 2 as in one batch of 64 (batching is not
+    allowed to change a number), unit length, and the second call reuses the loaded model (one cache miss)."""
+    import numpy as np
+    from PIL import Image
+
+    from mapo_bench.mismatch import _clip, image_features
+
+    _clip.cache_clear()
+    images = [Image.new("RGB", (32, 32), (40 * i, 255 - 40 * i, 90)) for i in range(5)]
+    one = image_features(images, "clip", str(tiny_clip))
+    batched = image_features(images, "clip", str(tiny_clip), batch_size=2)
+    assert one.shape[0] == 5 and np.allclose(one, batched, atol=1e-6)
+    assert np.allclose(np.linalg.norm(one, axis=1), 1.0)
+    assert _clip.cache_info().misses == 1 and _clip.cache_info().hits == 1

@@ -32,6 +32,7 @@ def test_report_page_from_the_file_system(tiny_runs, page):
     assert page.locator("#rows tbody tr").count() == len(results["rows"])
     from mapo_bench.report_closeness import closeness_rows
 
+    assert closeness_rows(results), "the tiny run should have a level with a target and both mapo and dpo"
     assert page.locator("#closeness tbody tr").count() == len(closeness_rows(results))  # the levels with a target
     kid = results["kid_to_target"]  # KID of every selected model's samples to the target's, from the run's images
     assert kid["rows"] and not kid["skipped"] and {"base", "mapo"} <= {r["model"] for r in kid["rows"]}
